@@ -1,0 +1,87 @@
+"""create_app: wiring and lifecycle of one gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .brokers import Broker, create_broker
+from .demo import run_demo
+from .errors import ServerShutdown
+from .gateway import Gateway
+from .settings import Settings
+from .web import CLOSE_TIMEOUT, CLOSING, GATEWAY, MAX_PUBLISH_BODY, add_routes
+
+log = logging.getLogger("wsgateway")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    broker: Broker | None = None,
+    registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """A ready-to-run aiohttp application serving one gateway.
+
+    Each app gets its own Prometheus registry unless one is given (never the global one),
+    so two apps in one process do not collide.
+    """
+    settings = settings or Settings()
+    gateway = Gateway(
+        settings,
+        broker or create_broker(settings.broker),
+        registry if registry is not None else CollectorRegistry(),
+    )
+    app = web.Application(client_max_size=MAX_PUBLISH_BODY)
+    app[GATEWAY] = gateway
+    app[CLOSING] = set()
+    add_routes(app)
+    app.cleanup_ctx.append(_broker_and_relay)
+    if settings.demo:
+        app.cleanup_ctx.append(_demo_feed)
+    app.on_shutdown.append(_close_clients)
+    return app
+
+
+def get_gateway(app: web.Application) -> Gateway:
+    """The :class:`Gateway` of an app made by :func:`create_app` (to publish from Python)."""
+    return app[GATEWAY]
+
+
+async def _broker_and_relay(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    await gateway.broker.start()
+    relay = asyncio.create_task(gateway.relay(), name="wsgateway-relay")
+    yield
+    relay.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await relay
+    await gateway.broker.stop()
+
+
+async def _demo_feed(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(run_demo(app[GATEWAY]), name="wsgateway-demo")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _close_clients(app: web.Application) -> None:
+    """Graceful shutdown: refuse new clients, close every open one with 1001."""
+    gateway = app[GATEWAY]
+    gateway.start_draining()
+    closed = gateway.close_all(
+        ServerShutdown.close_code, "server shutting down", ServerShutdown.reason
+    )
+    closing = app[CLOSING]
+    pending = set(closing)
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_TIMEOUT + 1)
+    if closed:
+        log.info("closed %d client connection(s) with 1001", closed)

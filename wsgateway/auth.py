@@ -1,0 +1,74 @@
+"""Credentials: JWTs for private channels and the publish token. Pure, no I/O.
+
+Tokens are never logged: errors say what is wrong with a token, never what it contains.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from dataclasses import dataclass
+
+import jwt
+
+from .errors import PublishForbidden, PublishUnauthorized, Unauthorized
+from .protocol import is_valid_topic
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated user: ``user`` is the JWT ``sub``; ``expires`` its ``exp``, if any."""
+
+    user: str
+    expires: float | None
+
+
+def verify_user_token(token: str | None, secret: str | None) -> Identity:
+    """Check an HS256 JWT; raise :class:`Unauthorized` saying why it is refused."""
+    if secret is None:
+        raise Unauthorized("this channel needs a JWT and the gateway has no jwt_secret set")
+    if not token:
+        raise Unauthorized("missing token: pass ?token=<JWT> or Authorization: Bearer <JWT>")
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["sub"]})
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("token expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"invalid token ({type(exc).__name__})") from None
+    user = claims["sub"]
+    if not is_valid_topic(user, allow_wildcard=False):
+        raise Unauthorized(
+            "token subject must be a valid topic (1-64 characters of A-Z a-z 0-9 . _ - : /)"
+        )
+    expires = claims.get("exp")
+    return Identity(user, float(expires) if isinstance(expires, int | float) else None)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip() or None
+    return None
+
+
+def check_publisher(token: str | None, expected: str | None, remote: str | None) -> None:
+    """The SPEC's publish rule: the token when one is configured, else loopback only."""
+    if expected is not None:
+        if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+            raise PublishUnauthorized(
+                "Authorization", "expected Authorization: Bearer <publish token>"
+            )
+        return
+    if not _is_loopback(remote):
+        raise PublishForbidden(
+            "Authorization", "no publish_token is configured, so only loopback clients may publish"
+        )
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if remote is None:
+        return False
+    try:
+        return ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False

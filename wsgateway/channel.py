@@ -1,0 +1,353 @@
+"""Channel: one channel's connections, admission limits, subscriptions and fan-out.
+
+The fan-out follows DESIGN.md, "The hot path": an update is encoded and framed once, the
+frame is appended to each subscriber's outbox, and one callback per event-loop turn writes
+each dirty outbox with a single ``transport.write``. No task, future or ``await`` per
+delivery; a client whose queued bytes pass ``max_outbox_bytes`` is dropped (1013) at once,
+so it never slows the others. Metrics are counted once per broadcast or flush, not per
+delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from . import protocol
+from .brokers.base import Update
+from .connection import Closer, Connection, Transport
+from .errors import (
+    ChannelFull,
+    ConnectionRateLimited,
+    Draining,
+    ForbiddenTopic,
+    Rejected,
+    TooManyConnectionsFromAddress,
+    TooManyTopics,
+)
+from .metrics import ChannelMetrics, ChannelState
+from .ratelimit import AddressCounter, LogThrottle, SlidingWindow
+from .settings import Limits
+
+log = logging.getLogger("wsgateway.channel")
+
+#: Channels whose topic is the user id: a client may only ever see its own user's messages.
+PRIVATE_CHANNELS = frozenset({"user"})
+REJECTION_LOG_INTERVAL = 10.0
+
+
+class Channel:
+    """The connection manager of one channel in this process."""
+
+    def __init__(
+        self,
+        name: str,
+        limits: Limits,
+        metrics: ChannelMetrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.limits = limits
+        self.metrics = metrics
+        self.private = name in PRIVATE_CHANNELS
+        self.draining = False
+        self._clock = clock
+        self._connections: set[Connection] = set()
+        self._topics: dict[str, set[Connection]] = {}
+        self._wildcard: set[Connection] = set()
+        self._admitting = 0  # admitted, handshake not finished yet: counts against capacity
+        self._addresses = AddressCounter()
+        self._admissions = SlidingWindow(limits.connections_per_minute, 60.0)
+        self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
+        self._dirty: list[Connection] = []
+        self._flush_handle: asyncio.Handle | None = None
+
+    # -- admission ------------------------------------------------------------------------
+
+    def admit(self, address: str) -> None:
+        """Reserve a place for a new connection from ``address`` or raise :class:`Rejected`.
+
+        Checked before the WebSocket upgrade. A reservation is released by
+        :meth:`release` (upgrade failed) or taken over by :meth:`open`.
+        """
+        limits = self.limits
+        now = self._clock()
+        try:
+            if self.draining:
+                raise Draining("the gateway is draining; reconnect to another node")
+            if len(self._connections) + self._admitting >= limits.max_connections:
+                raise ChannelFull(
+                    f"channel {self.name!r} is at max_connections ({limits.max_connections})"
+                )
+            if self._addresses.count(address) >= limits.max_connections_per_ip:
+                raise TooManyConnectionsFromAddress(
+                    f"at most {limits.max_connections_per_ip} connections per address"
+                )
+            if not self._admissions.try_acquire(now):
+                self.metrics.rate_limit_hits["connections_per_minute"].inc()
+                raise ConnectionRateLimited(
+                    f"channel {self.name!r} admits {limits.connections_per_minute} "
+                    "connections per minute",
+                    self._admissions.retry_after(now),
+                )
+        except Rejected as rejection:
+            self.reject(rejection)
+            raise
+        self._admitting += 1
+        self._addresses.add(address)
+
+    def reject(self, rejection: Rejected) -> None:
+        """Count a refused upgrade and log it, at most one line per reason per interval."""
+        self.metrics.rejected[rejection.reason].inc()
+        held = self._log_throttle.allow(rejection.reason, self._clock())
+        if held is not None:
+            more = f" ({held} more since the last line)" if held else ""
+            log.warning("rejected connection on %s: %s%s", self.name, rejection.reason, more)
+
+    def release(self, address: str) -> None:
+        """Give back a reservation whose upgrade did not complete."""
+        self._admitting -= 1
+        self._addresses.remove(address)
+
+    def open(
+        self, transport: Transport, closer: Closer, address: str, user: str | None = None
+    ) -> Connection:
+        """Turn a reservation into a live connection."""
+        self._admitting -= 1
+        conn = Connection(
+            transport,
+            closer,
+            address=address,
+            user=user,
+            messages_per_second=self.limits.messages_per_second,
+            now=self._clock(),
+        )
+        self._connections.add(conn)
+        self.metrics.connections.inc()
+        return conn
+
+    def remove(self, conn: Connection, reason: str) -> None:
+        """Forget ``conn`` entirely; counts what it could not be sent. Idempotent."""
+        if conn not in self._connections:
+            return
+        self._connections.discard(conn)
+        self._addresses.remove(conn.address)
+        self._drop_subscriptions(conn, tuple(conn.topics))
+        if conn.outbox:
+            lost = "shutdown" if reason == "shutdown" else "connection_lost"
+            self.metrics.failed[lost].inc(len(conn.outbox))
+            conn.outbox.clear()
+            conn.outbox_bytes = 0
+        conn.closing = True
+        self.metrics.disconnects[reason].inc()
+
+    # -- subscriptions ----------------------------------------------------------------------
+
+    def subscribe(self, conn: Connection, topics: Iterable[str]) -> tuple[str, ...]:
+        """Add ``topics`` to ``conn``; raise ClientError when they are not allowed."""
+        topics = tuple(topics)
+        if self.private:
+            topics = self._own_topic(conn, topics)
+        new = [topic for topic in topics if topic not in conn.topics]
+        if len(conn.topics) + len(new) > self.limits.max_topics:
+            raise TooManyTopics(f"at most {self.limits.max_topics} topics per connection")
+        for topic in new:
+            conn.topics.add(topic)
+            if topic == protocol.WILDCARD:
+                self._subscribe_all(conn)
+            elif not conn.all_topics:
+                self._topics.setdefault(topic, set()).add(conn)
+        return topics
+
+    def unsubscribe(self, conn: Connection, topics: Iterable[str]) -> tuple[str, ...]:
+        topics = tuple(topics)
+        if self.private:
+            topics = self._own_topic(conn, topics)
+        self._drop_subscriptions(conn, [t for t in topics if t in conn.topics])
+        return topics
+
+    def _own_topic(self, conn: Connection, topics: tuple[str, ...]) -> tuple[str, ...]:
+        # On a private channel "*" means "all of mine", which is exactly one topic.
+        own = conn.user
+        if own is None or any(topic not in (own, protocol.WILDCARD) for topic in topics):
+            raise ForbiddenTopic(
+                f"on the {self.name} channel you may subscribe only to your own user id"
+            )
+        return (own,)
+
+    def _subscribe_all(self, conn: Connection) -> None:
+        conn.all_topics = True
+        self._wildcard.add(conn)
+        for topic in conn.topics:
+            self._discard(topic, conn)
+
+    def _drop_subscriptions(self, conn: Connection, topics: Iterable[str]) -> None:
+        for topic in topics:
+            conn.topics.discard(topic)
+            if topic == protocol.WILDCARD:
+                conn.all_topics = False
+                self._wildcard.discard(conn)
+                for kept in conn.topics:
+                    self._topics.setdefault(kept, set()).add(conn)
+            else:
+                self._discard(topic, conn)
+
+    def _discard(self, topic: str, conn: Connection) -> None:
+        subscribers = self._topics.get(topic)
+        if subscribers is not None:
+            subscribers.discard(conn)
+            if not subscribers:
+                del self._topics[topic]  # no per-topic state outlives its last subscriber
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, conn: Connection, payload: bytes) -> None:
+        """Queue one server frame (a reply) for ``conn``, in order with its updates."""
+        if not conn.closing:
+            self._enqueue([conn], protocol.text_frame(payload))
+
+    def broadcast(self, update: Update) -> int:
+        """Fan ``update`` out to its subscribers; returns how many it was queued for."""
+        started = time.perf_counter()
+        self.metrics.published.inc()
+        frame = protocol.text_frame(
+            protocol.update(self.name, update.topic, update.seq, update.ts, update.data)
+        )
+        subscribers = self._topics.get(update.topic)
+        queued = self._enqueue(subscribers, frame) if subscribers else 0
+        if self._wildcard:
+            queued += self._enqueue(self._wildcard, frame)
+        self.metrics.broadcast_duration.observe(time.perf_counter() - started)
+        return queued
+
+    def _enqueue(self, connections: Iterable[Connection], frame: bytes) -> int:
+        size = len(frame)
+        limit = self.limits.max_outbox_bytes
+        dirty = self._dirty
+        slow: list[Connection] = []
+        queued = 0
+        for conn in connections:
+            if conn.outbox_bytes + conn.backlog + size > limit and (
+                conn.pending_bytes() + size > limit  # the cached backlog may be stale
+            ):
+                slow.append(conn)
+                continue
+            conn.outbox.append(frame)
+            conn.outbox_bytes += size
+            queued += 1
+            if not conn.scheduled:
+                conn.scheduled = True
+                dirty.append(conn)
+        if dirty and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+        for conn in slow:
+            self._drop_slow_consumer(conn)
+        return queued
+
+    def flush(self) -> None:
+        """Write every dirty outbox with one write per connection. Runs once per loop turn."""
+        self._flush_handle = None
+        dirty, self._dirty = self._dirty, []
+        sent = lost = 0
+        for conn in dirty:
+            conn.scheduled = False
+            outbox = conn.outbox
+            if not outbox:
+                continue
+            count = len(outbox)
+            conn.outbox = []
+            conn.outbox_bytes = 0
+            transport = conn.transport
+            if transport.is_closing():
+                lost += count
+                continue
+            try:
+                transport.write(outbox[0] if count == 1 else b"".join(outbox))
+            except Exception:  # a transport that fails to write: the peer is gone
+                log.debug("write to a client of %s failed", self.name, exc_info=True)
+                lost += count
+                self._fail(conn, "send_failed", 1011, "send failed")
+                continue
+            conn.backlog = transport.get_write_buffer_size()
+            sent += count
+        if sent:
+            self.metrics.sent.inc(sent)
+        if lost:
+            self.metrics.failed["connection_lost"].inc(lost)
+
+    def _drop_slow_consumer(self, conn: Connection) -> None:
+        if conn.closing:
+            return
+        # Everything still in the outbox is lost to this client, and so is the frame that
+        # did not fit: count them, free them, and close with 1013.
+        self.metrics.failed["slow_consumer"].inc(len(conn.outbox) + 1)
+        conn.outbox.clear()
+        conn.outbox_bytes = 0
+        self.metrics.slow_consumers.inc()
+        self._fail(conn, "slow_consumer", 1013, "slow consumer")
+
+    def _fail(self, conn: Connection, kind: str, code: int, reason: str) -> None:
+        self.metrics.error(kind)
+        self._close(conn, code, reason, kind if kind == "slow_consumer" else "internal_error")
+
+    def _close(self, conn: Connection, code: int, message: str, reason: str) -> None:
+        conn.closing = True
+        self.remove(conn, reason)
+        conn.closer(code, message)
+
+    def close(self, conn: Connection, code: int, message: str, reason: str) -> None:
+        """Write what ``conn`` has queued, then close it with ``code``."""
+        if conn.closing:
+            return
+        self._write_now(conn)
+        self._close(conn, code, message, reason)
+
+    def _write_now(self, conn: Connection) -> None:
+        if conn.outbox and not conn.transport.is_closing():
+            self.metrics.sent.inc(len(conn.outbox))
+            conn.transport.write(b"".join(conn.outbox))
+        elif conn.outbox:
+            self.metrics.failed["connection_lost"].inc(len(conn.outbox))
+        conn.outbox = []
+        conn.outbox_bytes = 0
+
+    def close_all(self, code: int, message: str, reason: str) -> int:
+        """Close every connection (shutdown, drain); returns how many there were."""
+        connections = list(self._connections)
+        for conn in connections:
+            self.close(conn, code, message, reason)
+        return len(connections)
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def state(self) -> ChannelState:
+        """Live figures for the scrape-time collector."""
+        return ChannelState(
+            channel=self.name,
+            connections=len(self._connections),
+            subscriptions=sum(len(c.topics) for c in self._connections),
+            topics=len(self._topics),
+            outbox_bytes=sum(c.pending_bytes() for c in self._connections),
+        )
+
+    def footprint(self) -> dict[str, int]:
+        """Sizes of every per-connection and per-topic structure (all 0 when idle)."""
+        return {
+            "connections": len(self._connections),
+            "admitting": self._admitting,
+            "topics": len(self._topics),
+            "wildcard": len(self._wildcard),
+            "addresses": len(self._addresses),
+            "dirty": len(self._dirty),
+        }
+
+    def admission_window(self) -> int:
+        """Admissions still inside the connection-rate window (entries expire after 60 s)."""
+        return len(self._admissions)
+
+    @property
+    def connections(self) -> frozenset[Connection]:
+        return frozenset(self._connections)

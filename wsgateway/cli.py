@@ -1,0 +1,295 @@
+"""The ``wsgateway`` command. The only place where errors become exit codes.
+
+Exit codes: 0 success, 1 a failure at run time (server unreachable, request refused),
+2 a bad setting or bad usage (one line naming it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .errors import GatewayError, SettingsError
+from .settings import Settings, load_settings
+from .web import GATEWAY, AccessLogger
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CommandFailed(GatewayError):
+    """A client command could not do its job; the message says why."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgateway", description="Real-time WebSocket gateway for market data."
+    )
+    parser.add_argument("--version", action="version", version=f"wsgateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", help="port to listen on (default 8080; 0 picks a free one)")
+    serve.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
+    serve.add_argument("--broker", help="broker URL (default memory://)")
+    serve.add_argument(
+        "--demo", action="store_true", default=None, help="publish a synthetic market feed"
+    )
+
+    publish = commands.add_parser("publish", help="publish one message over the HTTP API")
+    publish.add_argument("channel")
+    publish.add_argument("topic")
+    publish.add_argument("data", help="the message data, as JSON")
+    publish.add_argument("--url", default=DEFAULT_URL)
+    publish.add_argument(
+        "--token",
+        default=os.environ.get("WSGATEWAY_PUBLISH_TOKEN"),
+        help="publish token (default: $WSGATEWAY_PUBLISH_TOKEN)",
+    )
+
+    subscribe = commands.add_parser("subscribe", help="print received messages as JSON lines")
+    subscribe.add_argument("channel")
+    subscribe.add_argument("topics", nargs="+", metavar="TOPIC")
+    subscribe.add_argument("--url", default=DEFAULT_URL)
+    subscribe.add_argument("--token", help="JWT for private channels (user)")
+    subscribe.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        help="exit after this many updates (default: run until interrupted)",
+    )
+
+    metrics = commands.add_parser("metrics", help="show the gateway's metrics")
+    metrics.add_argument("--url", default=DEFAULT_URL)
+    metrics.add_argument("--json", action="store_true", help="print the raw JSON view")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "publish":
+            return asyncio.run(publish(args))
+        if args.command == "subscribe":
+            return asyncio.run(subscribe(args))
+        return asyncio.run(show_metrics(args))
+    except SettingsError as exc:
+        print(f"wsgateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CommandFailed as exc:
+        print(f"wsgateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = args.config or os.environ.get("WSGATEWAY_CONFIG")
+    settings = load_settings(
+        env=os.environ,
+        config_file=config,
+        flags={"host": args.host, "port": args.port, "broker": args.broker, "demo": args.demo},
+    )
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (not on Windows); asyncio's loop works too
+        return _run(settings, asyncio.new_event_loop)
+    return _run(settings, uvloop.new_event_loop)
+
+
+def _run(settings: Settings, loop_factory: Any) -> int:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        try:
+            return runner.run(_serve(settings))
+        except OSError as exc:
+            print(
+                f"wsgateway: cannot listen on {settings.host}:{settings.port}: "
+                f"{exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+
+
+async def _serve(settings: Settings) -> int:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=10.0
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        port = _bound_port(runner) or settings.port
+        channels = ", ".join(app[GATEWAY].channels)
+        print(
+            f"wsgateway listening on http://{settings.host}:{port} "
+            f"(channels: {channels}; broker {settings.broker}"
+            f"{'; demo feed on' if settings.demo else ''})",
+            flush=True,
+        )
+        await stop.wait()
+        print("wsgateway shutting down: closing clients with 1001", flush=True)
+    finally:
+        await runner.cleanup()
+    print("wsgateway stopped", flush=True)
+    return EXIT_OK
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+# -- client commands ------------------------------------------------------------------------
+
+
+async def publish(args: argparse.Namespace) -> int:
+    try:
+        data = orjson.loads(args.data)
+    except orjson.JSONDecodeError:
+        raise SettingsError("data", args.data, "expected JSON, e.g. '{\"price\": 1.5}'") from None
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    body = {"channel": args.channel, "topic": args.topic, "data": data}
+    answer = await _request("POST", f"{args.url}/api/publish", json=body, headers=headers)
+    print(orjson.dumps(answer).decode())
+    return EXIT_OK
+
+
+async def subscribe(args: argparse.Namespace) -> int:
+    url = f"{_ws_url(args.url)}/ws/{args.channel}"
+    params = {"token": args.token} if args.token else None
+    updates = 0
+    async with aiohttp.ClientSession() as session:
+        try:
+            ws = await session.ws_connect(url, params=params)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise CommandFailed(f"{url} refused the connection: HTTP {exc.status}") from None
+        except aiohttp.ClientError as exc:
+            raise CommandFailed(f"cannot reach {url}: {exc}") from None
+        async with ws:
+            await ws.send_str(
+                orjson.dumps({"type": "subscribe", "topics": args.topics, "id": 1}).decode()
+            )
+            async for message in ws:
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    break
+                print(message.data, flush=True)
+                if orjson.loads(message.data).get("type") == "update":
+                    updates += 1
+                    if args.count and updates >= args.count:
+                        return EXIT_OK
+            if ws.close_code not in (None, 1000):
+                raise CommandFailed(f"the gateway closed the connection with {ws.close_code}")
+    return EXIT_OK
+
+
+async def show_metrics(args: argparse.Namespace) -> int:
+    view = await _request("GET", f"{args.url}/api/ws/metrics")
+    print(
+        orjson.dumps(view, option=orjson.OPT_INDENT_2).decode()
+        if args.json
+        else format_metrics(view)
+    )
+    return EXIT_OK
+
+
+async def _request(method: str, url: str, **kwargs: Any) -> Any:
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, url, **kwargs) as response,
+        ):
+            text = await response.text()
+    except aiohttp.ClientError as exc:
+        raise CommandFailed(f"cannot reach {url}: {exc}") from None
+    try:
+        answer = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        answer = None
+    if response.status != 200 or answer is None:
+        detail = answer.get("message", text) if isinstance(answer, dict) else text[:200]
+        field = f" ({answer['field']})" if isinstance(answer, dict) and "field" in answer else ""
+        raise CommandFailed(f"{method} {url} answered {response.status}{field}: {detail}")
+    return answer
+
+
+def _ws_url(url: str) -> str:
+    return "ws" + url[4:] if url.startswith("http") else url
+
+
+def format_metrics(view: dict[str, Any]) -> str:
+    """The metrics view as a table for a terminal."""
+    rate = view["overall_success_rate"]
+    lines = [
+        f"uptime {view['uptime_seconds']:.0f}s   active connections "
+        f"{view['total_active_connections']}   sent {view['total_messages_sent']}   "
+        f"errors {view['total_errors']}   success "
+        f"{'-' if rate is None else f'{rate:.2%}'}   broker "
+        f"{'connected' if view.get('broker_connected') else 'DISCONNECTED'}",
+        "",
+    ]
+    header = (
+        "channel",
+        "active",
+        "total",
+        "published",
+        "sent",
+        "failed",
+        "errors",
+        "rejected",
+        "success",
+        "last error",
+    )
+    rows = [header]
+    for name, m in view["managers"].items():
+        last = m["last_error"]
+        rows.append(
+            (
+                name,
+                str(m["active_connections"]),
+                str(m["total_connections"]),
+                str(m["messages_published"]),
+                str(m["messages_sent"]),
+                str(m["messages_failed"]),
+                str(m["errors"]),
+                str(sum(m["rejected"].values())),
+                "-" if m["success_rate"] is None else f"{m['success_rate']:.2%}",
+                "-" if last is None else last["type"],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append(
+            "  ".join(
+                cell.ljust(w) if i == 0 or i == len(row) - 1 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    return "\n".join(lines)

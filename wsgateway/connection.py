@@ -1,0 +1,84 @@
+"""One client connection: its outbox, its inbound limiter, its subscriptions.
+
+The connection knows nothing about aiohttp: it writes to a ``Transport`` (the asyncio
+transport under the WebSocket, or a fake in tests) and asks a ``closer`` callback to close
+it with a close code. A ``Connection`` is deliberately small (``__slots__``): a gateway holds
+tens of thousands of idle ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from .ratelimit import StrikeCounter, TokenBucket
+
+# Rate-limit violations within STRIKE_WINDOW seconds that turn a client into an abuser (1008).
+STRIKE_LIMIT = 5
+STRIKE_WINDOW = 10.0
+
+
+class Transport(Protocol):
+    """The part of ``asyncio.Transport`` the fan-out uses."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+    def is_closing(self) -> bool: ...
+
+
+Closer = Callable[[int, str], None]
+
+
+class Connection:
+    """A client of one channel. Owned by its :class:`~wsgateway.channel.Channel`."""
+
+    __slots__ = (
+        "address",
+        "all_topics",
+        "backlog",
+        "bucket",
+        "closer",
+        "closing",
+        "outbox",
+        "outbox_bytes",
+        "scheduled",
+        "strikes",
+        "topics",
+        "transport",
+        "user",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        closer: Closer,
+        *,
+        address: str,
+        messages_per_second: int,
+        now: float,
+        user: str | None = None,
+    ) -> None:
+        self.address = address
+        #: the authenticated user id on private channels, else None
+        self.user = user
+        self.transport = transport
+        self.closer = closer
+        #: topics this client asked for (``"*"`` included as a word)
+        self.topics: set[str] = set()
+        #: subscribed to every topic: kept out of the per-topic sets so it gets each update once
+        self.all_topics = False
+        #: frames waiting for this loop turn's flush, and their size in bytes
+        self.outbox: list[bytes] = []
+        self.outbox_bytes = 0
+        #: bytes the transport still held after the last flush (the kernel would not take them)
+        self.backlog = 0
+        self.scheduled = False
+        self.closing = False
+        self.bucket = TokenBucket(messages_per_second, messages_per_second, now)
+        self.strikes = StrikeCounter(STRIKE_LIMIT, STRIKE_WINDOW)
+
+    def pending_bytes(self) -> int:
+        """Bytes queued for this client: in the outbox and in the transport's buffer."""
+        return self.outbox_bytes + self.transport.get_write_buffer_size()

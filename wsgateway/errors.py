@@ -1,0 +1,204 @@
+"""The exception hierarchy of wsgateway.
+
+Every error the gateway raises on purpose derives from :class:`GatewayError` and carries
+the data a reply needs. Each branch declares how it reaches the outside world:
+
+    GatewayError
+     ├── SettingsError            bad configuration; the CLI exits with status 2
+     ├── Rejected                 a WebSocket upgrade refused before the handshake (HTTP status)
+     │    ├── UnknownChannel              404
+     │    ├── Unauthorized                401
+     │    ├── ConnectionRateLimited       429 + Retry-After
+     │    ├── TooManyConnectionsFromAddress 429
+     │    ├── ChannelFull                 503
+     │    └── Draining                    503
+     ├── PublishError             a bad POST /api/publish (HTTP status, names the field)
+     │    ├── PublishUnauthorized         401
+     │    ├── PublishForbidden            403
+     │    └── BrokerUnavailable           503
+     ├── ClientError              a bad client frame: an ``error`` reply, the connection stays
+     │    ├── BadJson, BadMessage, UnknownType, InvalidTopic, TooManyTopics,
+     │    └── ForbiddenTopic, RateLimited
+     └── CloseConnection          the connection is closed with a WebSocket close code
+          ├── UnsupportedData             1003
+          ├── PolicyViolation             1008
+          ├── SlowConsumer                1013
+          └── ServerShutdown              1001
+
+Exactly one place turns them into HTTP answers and close frames (``web.py``) and one place
+into exit codes (``cli.py``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    """Base class of every error wsgateway raises on purpose."""
+
+
+class SettingsError(GatewayError):
+    """A setting has a value that is not allowed. The message names setting, value, allowed."""
+
+    def __init__(self, setting: str, value: object, allowed: str) -> None:
+        self.setting = setting
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"bad setting {setting}={value!r}: {allowed}")
+
+
+# -- admission: refused before the WebSocket upgrade ------------------------------------------
+
+
+class Rejected(GatewayError):
+    """A WebSocket upgrade refused before the handshake."""
+
+    status: ClassVar[int] = 400
+    #: closed set used as the ``reason`` label of wsgateway_connections_rejected_total
+    reason: ClassVar[str] = "bad_request"
+    retry_after: int | None = None
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class UnknownChannel(Rejected):
+    status = 404
+    reason = "unknown_channel"
+
+
+class Unauthorized(Rejected):
+    status = 401
+    reason = "unauthorized"
+
+
+class ConnectionRateLimited(Rejected):
+    status = 429
+    reason = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TooManyConnectionsFromAddress(Rejected):
+    status = 429
+    reason = "ip_limit"
+
+
+class ChannelFull(Rejected):
+    status = 503
+    reason = "capacity"
+
+
+class Draining(Rejected):
+    status = 503
+    reason = "draining"
+
+
+# -- publishing -------------------------------------------------------------------------------
+
+
+class PublishError(GatewayError):
+    """A publish request that cannot be accepted; ``field`` names the offending part."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class PublishUnauthorized(PublishError):
+    status = 401
+    code = "unauthorized"
+
+
+class PublishForbidden(PublishError):
+    status = 403
+    code = "forbidden"
+
+
+class BrokerUnavailable(PublishError):
+    status = 503
+    code = "broker_unavailable"
+
+
+# -- client frames: an error reply, the connection stays open ---------------------------------
+
+
+class ClientError(GatewayError):
+    """A bad client frame. Answered with ``{"type": "error", "code": ...}``."""
+
+    code: ClassVar[str] = "bad_message"
+
+    def __init__(self, message: str, request_id: int | str | None = None) -> None:
+        self.message = message
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class BadJson(ClientError):
+    code = "bad_json"
+
+
+class BadMessage(ClientError):
+    code = "bad_message"
+
+
+class UnknownType(ClientError):
+    code = "unknown_type"
+
+
+class InvalidTopic(ClientError):
+    code = "invalid_topic"
+
+
+class TooManyTopics(ClientError):
+    code = "too_many_topics"
+
+
+class ForbiddenTopic(ClientError):
+    code = "forbidden_topic"
+
+
+class RateLimited(ClientError):
+    code = "rate_limited"
+
+
+# -- closing a connection ---------------------------------------------------------------------
+
+
+class CloseConnection(GatewayError):
+    """The connection must be closed with ``close_code``; ``reason`` labels the disconnect."""
+
+    close_code: ClassVar[int] = 1011
+    reason: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
+class UnsupportedData(CloseConnection):
+    close_code = 1003
+    reason = "binary_frame"
+
+
+class PolicyViolation(CloseConnection):
+    close_code = 1008
+    reason = "policy_violation"
+
+
+class SlowConsumer(CloseConnection):
+    close_code = 1013
+    reason = "slow_consumer"
+
+
+class ServerShutdown(CloseConnection):
+    close_code = 1001
+    reason = "shutdown"

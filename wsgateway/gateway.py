@@ -1,0 +1,121 @@
+"""Gateway: the state of one gateway process, and its Python API for embedding.
+
+It owns the channels, the broker, the metrics and the relay loop that hands each message
+from the broker to its channel. ``web.py`` serves it over HTTP; an embedding application
+calls :meth:`Gateway.publish` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .brokers import Broker, Message
+from .channel import Channel
+from .errors import BrokerUnavailable
+from .metrics import GatewayMetrics, StateCollector, to_json
+from .protocol import parse_publish
+from .settings import Settings
+
+log = logging.getLogger("wsgateway")
+
+
+class Gateway:
+    """One process's channels, broker and metrics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.registry = registry
+        self.clock = clock
+        self.metrics = GatewayMetrics(registry, clock)
+        self.channels: dict[str, Channel] = {
+            name: Channel(name, settings.limits_for(name), self.metrics.for_channel(name))
+            for name in settings.channels
+        }
+        registry.register(
+            StateCollector(
+                lambda: [channel.state() for channel in self.channels.values()],
+                {name: channel.limits for name, channel in self.channels.items()},
+                lambda: self.broker.connected,
+            )
+        )
+        self.draining = False
+        self.relay_failure: str | None = None
+
+    # -- the Python API -----------------------------------------------------------------------
+
+    async def publish(self, channel: str, topic: str, data: Any) -> int:
+        """Publish one message; returns 1. Raises :class:`PublishError` for bad input."""
+        return await self.publish_many([{"channel": channel, "topic": topic, "data": data}])
+
+    async def publish_many(self, messages: Sequence[dict[str, Any]]) -> int:
+        """Publish a batch of ``{"channel", "topic", "data"}`` dicts; returns how many."""
+        return await self.publish_document({"messages": list(messages)})
+
+    async def publish_document(self, document: object) -> int:
+        """Validate a publish body (one message or ``{"messages": [...]}``) and publish it."""
+        batch: list[Message] = parse_publish(document, self.settings.channels)
+        if not self.broker.connected:
+            raise BrokerUnavailable("broker", "the broker is not connected; try again later")
+        return await self.broker.publish(batch)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def relay(self) -> None:
+        """Hand every message from the broker to its channel, until the broker stops."""
+        channels = self.channels
+        try:
+            async for batch in self.broker.batches():
+                for update in batch:
+                    channel = channels.get(update.channel)
+                    if channel is None:
+                        continue  # another node's channel that this one does not serve
+                    try:
+                        channel.broadcast(update)
+                    except Exception:
+                        # One bad message must not stop the feed for everyone.
+                        log.exception("broadcast on %s failed", update.channel)
+                        channel.metrics.error("internal")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.relay_failure = f"relay loop crashed: {type(exc).__name__}"
+            log.exception("the relay loop crashed; the gateway is no longer ready")
+            raise
+
+    def readiness(self) -> str | None:
+        """None when ready to serve; else the reason it is not."""
+        if self.draining:
+            return "draining"
+        if self.relay_failure is not None:
+            return self.relay_failure
+        if not self.broker.connected:
+            return "broker disconnected"
+        return None
+
+    def start_draining(self) -> None:
+        """Refuse new connections from now on (``/readyz`` says 503)."""
+        self.draining = True
+        for channel in self.channels.values():
+            channel.draining = True
+
+    def close_all(self, code: int, message: str, reason: str) -> int:
+        """Close every client of every channel; returns how many there were."""
+        return sum(ch.close_all(code, message, reason) for ch in self.channels.values())
+
+    def metrics_json(self) -> dict[str, Any]:
+        """The ``/api/ws/metrics`` document."""
+        return to_json(self.registry, self.settings.channels, self.clock())

@@ -1,0 +1,364 @@
+"""Metrics: every instrument on one explicit registry, and the JSON view built from it.
+
+Events are counters and histograms, bound per channel once (no label look-up on the hot
+path). State (open connections, subscriptions, queued bytes, limits, broker state) is read
+at scrape time by :class:`StateCollector`, so no gauge can drift from the truth. The JSON
+view, :func:`to_json`, is a pure function of ``registry.collect()``: ``/metrics`` and
+``/api/ws/metrics`` cannot disagree.
+
+Labels come only from closed sets: ``channel`` (configured names) and the reason/type
+words below. Never a topic, user, address or connection id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from .settings import Limits
+
+# Closed label sets. Pre-created at start so every series exists (at 0) from the first scrape.
+REJECT_REASONS = (
+    "rate_limited",
+    "capacity",
+    "ip_limit",
+    "unauthorized",
+    "draining",
+    "bad_handshake",
+)
+FAIL_REASONS = ("slow_consumer", "connection_lost", "shutdown")
+ERROR_TYPES = ("slow_consumer", "heartbeat_timeout", "connection_reset", "send_failed", "internal")
+DISCONNECT_REASONS = (
+    "client_closed",
+    "slow_consumer",
+    "heartbeat_timeout",
+    "rate_limit",
+    "binary_frame",
+    "message_too_big",
+    "invalid_frame",
+    "token_expired",
+    "connection_lost",
+    "shutdown",
+    "internal_error",
+)
+CLIENT_ERROR_CODES = (
+    "bad_json",
+    "bad_message",
+    "unknown_type",
+    "invalid_topic",
+    "too_many_topics",
+    "forbidden_topic",
+    "rate_limited",
+)
+RATE_LIMITS = ("connections_per_minute", "messages_per_second")
+# Broadcast duration: tens of microseconds (few subscribers) to a second (a stalled loop).
+DURATION_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelState:
+    """What a channel reports at scrape time."""
+
+    channel: str
+    connections: int
+    subscriptions: int
+    topics: int
+    outbox_bytes: int
+
+
+class ChannelMetrics:
+    """The instruments of one channel, label children bound once."""
+
+    def __init__(self, metrics: GatewayMetrics, channel: str) -> None:
+        self.connections = metrics.connections.labels(channel)
+        self.published = metrics.published.labels(channel)
+        self.received = metrics.received.labels(channel)
+        self.sent = metrics.sent.labels(channel)
+        self.slow_consumers = metrics.slow_consumers.labels(channel)
+        self.broadcast_duration = metrics.broadcast_duration.labels(channel)
+        self.rejected = {r: metrics.rejected.labels(channel, r) for r in REJECT_REASONS}
+        self.failed = {r: metrics.failed.labels(channel, r) for r in FAIL_REASONS}
+        self.errors = {t: metrics.errors.labels(channel, t) for t in ERROR_TYPES}
+        self.last_error = {t: metrics.last_error.labels(channel, t) for t in ERROR_TYPES}
+        self.disconnects = {r: metrics.disconnects.labels(channel, r) for r in DISCONNECT_REASONS}
+        self.client_errors = {
+            c: metrics.client_errors.labels(channel, c) for c in CLIENT_ERROR_CODES
+        }
+        self.rate_limit_hits = {k: metrics.rate_limit_hits.labels(channel, k) for k in RATE_LIMITS}
+        self._clock = metrics.clock
+
+    def error(self, kind: str) -> None:
+        """Count a failure of kind ``kind`` and remember it as the channel's last error."""
+        self.errors[kind].inc()
+        self.last_error[kind].set(self._clock())
+
+
+class GatewayMetrics:
+    """Every instrument of one gateway, registered on ``registry`` (never the global one)."""
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.clock = clock
+        r = registry
+        self.start_time = Gauge(
+            "wsgateway_start_time_seconds", "Unix time the gateway started", registry=r
+        )
+        self.start_time.set(clock())
+        self.connections = Counter(
+            "wsgateway_connections_total", "WebSocket connections accepted", ["channel"], registry=r
+        )
+        self.rejected = Counter(
+            "wsgateway_connections_rejected_total",
+            "WebSocket upgrades refused before the handshake, by reason",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.unknown_channel = Counter(
+            "wsgateway_unknown_channel_requests_total",
+            "Upgrade requests for a channel that is not configured",
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "wsgateway_disconnects_total",
+            "Connections ended, by reason",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.published = Counter(
+            "wsgateway_messages_published_total",
+            "Messages published on the channel (each fanned out once)",
+            ["channel"],
+            registry=r,
+        )
+        self.received = Counter(
+            "wsgateway_messages_received_total",
+            "Frames received from clients",
+            ["channel"],
+            registry=r,
+        )
+        self.sent = Counter(
+            "wsgateway_messages_sent_total",
+            "Frames written to client sockets",
+            ["channel"],
+            registry=r,
+        )
+        self.failed = Counter(
+            "wsgateway_messages_failed_total",
+            "Frames that could not be delivered, by reason",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "wsgateway_errors_total",
+            "Connection failures, by type",
+            ["channel", "type"],
+            registry=r,
+        )
+        self.last_error = Gauge(
+            "wsgateway_last_error_timestamp_seconds",
+            "Unix time of the last connection failure of each type",
+            ["channel", "type"],
+            registry=r,
+        )
+        self.client_errors = Counter(
+            "wsgateway_client_errors_total",
+            "Bad client frames answered with an error, by code",
+            ["channel", "code"],
+            registry=r,
+        )
+        self.rate_limit_hits = Counter(
+            "wsgateway_rate_limit_hits_total",
+            "Times a rate limit refused something, by limit",
+            ["channel", "limit"],
+            registry=r,
+        )
+        self.slow_consumers = Counter(
+            "wsgateway_slow_consumers_total",
+            "Clients disconnected because their outbox passed max_outbox_bytes",
+            ["channel"],
+            registry=r,
+        )
+        self.broadcast_duration = Histogram(
+            "wsgateway_broadcast_duration_seconds",
+            "Time to fan one message out to its subscribers",
+            ["channel"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+
+    def for_channel(self, channel: str) -> ChannelMetrics:
+        return ChannelMetrics(self, channel)
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time from the live objects, so they never drift."""
+
+    def __init__(
+        self,
+        states: Callable[[], Iterable[ChannelState]],
+        limits: Mapping[str, Limits],
+        broker_connected: Callable[[], bool],
+    ) -> None:
+        self._states = states
+        self._limits = limits
+        self._broker_connected = broker_connected
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
+        active, subscriptions, topics, outbox, limit, broker = families
+        for state in self._states():
+            active.add_metric([state.channel], state.connections)
+            subscriptions.add_metric([state.channel], state.subscriptions)
+            topics.add_metric([state.channel], state.topics)
+            outbox.add_metric([state.channel], state.outbox_bytes)
+        for channel, limits in self._limits.items():
+            for item in fields(limits):
+                limit.add_metric([channel, item.name], float(getattr(limits, item.name)))
+        broker.add_metric([], 1.0 if self._broker_connected() else 0.0)
+        return families
+
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                "wsgateway_connections_active", "Open WebSocket connections", labels=["channel"]
+            ),
+            GaugeMetricFamily(
+                "wsgateway_subscriptions_active",
+                "Topic subscriptions held by open connections",
+                labels=["channel"],
+            ),
+            GaugeMetricFamily(
+                "wsgateway_topics_active", "Topics with at least one subscriber", labels=["channel"]
+            ),
+            GaugeMetricFamily(
+                "wsgateway_outbox_bytes",
+                "Bytes queued for clients and not yet taken by the kernel",
+                labels=["channel"],
+            ),
+            GaugeMetricFamily(
+                "wsgateway_limit",
+                "Configured limit of a channel, by setting",
+                labels=["channel", "setting"],
+            ),
+            GaugeMetricFamily(
+                "wsgateway_broker_connected", "1 while the broker can move messages, else 0"
+            ),
+        ]
+
+
+# -- the JSON view ----------------------------------------------------------------------------
+
+
+def _samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str], float]]:
+    for family in registry.collect():
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
+
+
+def _rate(sent: float, failed: float) -> float | None:
+    attempted = sent + failed
+    return None if attempted == 0 else round(sent / attempted, 6)
+
+
+def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) -> dict[str, Any]:
+    """The ``/api/ws/metrics`` document, read only from ``registry``."""
+    per: dict[str, dict[str, Any]] = {
+        name: {
+            "total_connections": 0,
+            "active_connections": 0,
+            "messages_sent": 0,
+            "messages_failed": 0,
+            "errors": 0,
+            "last_error": None,
+            "success_rate": None,
+            "uptime": 0.0,
+            "messages_published": 0,
+            "messages_received": 0,
+            "subscriptions": 0,
+            "topics": 0,
+            "outbox_bytes": 0,
+            "slow_consumers": 0,
+            "rejected": {reason: 0 for reason in REJECT_REASONS},
+            "rate_limits": {},
+            "limits": {},
+        }
+        for name in channels
+    }
+    counters = {
+        "wsgateway_connections_total": "total_connections",
+        "wsgateway_connections_active": "active_connections",
+        "wsgateway_messages_sent_total": "messages_sent",
+        "wsgateway_messages_failed_total": "messages_failed",
+        "wsgateway_errors_total": "errors",
+        "wsgateway_messages_published_total": "messages_published",
+        "wsgateway_messages_received_total": "messages_received",
+        "wsgateway_subscriptions_active": "subscriptions",
+        "wsgateway_topics_active": "topics",
+        "wsgateway_outbox_bytes": "outbox_bytes",
+        "wsgateway_slow_consumers_total": "slow_consumers",
+    }
+    start_time = now
+    broker_connected = False
+    for name, labels, value in _samples(registry):
+        if name == "wsgateway_start_time_seconds":
+            start_time = value
+        elif name == "wsgateway_broker_connected":
+            broker_connected = value == 1
+        channel = per.get(labels.get("channel", ""))
+        if channel is None:
+            continue
+        if name in counters:
+            channel[counters[name]] += int(value)
+        elif name == "wsgateway_connections_rejected_total":
+            channel["rejected"][labels["reason"]] = int(value)
+        elif name == "wsgateway_limit":
+            setting = labels["setting"]
+            channel["limits"][setting] = value if setting == "heartbeat" else int(value)
+        elif name == "wsgateway_last_error_timestamp_seconds" and value > 0:
+            last = channel["last_error"]
+            if last is None or value > last["timestamp"]:
+                channel["last_error"] = {"type": labels["type"], "timestamp": value}
+
+    uptime = round(max(0.0, now - start_time), 3)
+    for channel in per.values():
+        channel["success_rate"] = _rate(channel["messages_sent"], channel["messages_failed"])
+        channel["uptime"] = uptime
+        channel["rate_limits"] = {k: channel["limits"].get(k) for k in RATE_LIMITS[::-1]}
+    sent = sum(c["messages_sent"] for c in per.values())
+    failed = sum(c["messages_failed"] for c in per.values())
+    return {
+        "total_active_connections": sum(c["active_connections"] for c in per.values()),
+        "total_messages_sent": sent,
+        "total_errors": sum(c["errors"] for c in per.values()),
+        "overall_success_rate": _rate(sent, failed),
+        "uptime_seconds": uptime,
+        "broker_connected": broker_connected,
+        "managers": per,
+    }

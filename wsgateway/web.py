@@ -1,0 +1,356 @@
+"""HTTP and WebSocket handlers. The only place where errors become HTTP answers and close frames."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_websocket import WebSocketError
+from prometheus_client import exposition
+
+from . import protocol
+from .auth import bearer_token, check_publisher, verify_user_token
+from .channel import Channel
+from .connection import Connection
+from .errors import (
+    ClientError,
+    CloseConnection,
+    PolicyViolation,
+    PublishError,
+    RateLimited,
+    Rejected,
+    UnknownChannel,
+    UnsupportedData,
+)
+from .gateway import Gateway
+
+log = logging.getLogger("wsgateway.web")
+
+GATEWAY = web.AppKey("gateway", Gateway)
+CLOSING = web.AppKey("closing", set[asyncio.Task[None]])
+#: Seconds a closing client gets to answer our close frame before its socket is dropped.
+CLOSE_TIMEOUT = 5.0
+#: Largest POST /api/publish body; larger ones get 413.
+MAX_PUBLISH_BODY = 4 * 1024 * 1024
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log without query strings: ``?token=`` must never reach a log."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %.1fms',
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+        )
+
+
+# -- WebSocket ----------------------------------------------------------------------------------
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/{channel}``: admission before the upgrade, then the client's session."""
+    gateway = request.app[GATEWAY]
+    name = request.match_info["channel"]
+    channel = gateway.channels.get(name)
+    address = request.remote or "unknown"
+    try:
+        if channel is None:
+            gateway.metrics.unknown_channel.inc()
+            raise UnknownChannel(
+                f"no channel {name[:64]!r}; channels: " + ", ".join(gateway.channels)
+            )
+        ws = web.WebSocketResponse(
+            max_msg_size=channel.limits.max_message_size,
+            heartbeat=channel.limits.heartbeat,
+            compress=False,  # frames are built once and shared; per-client deflate defeats it
+            timeout=CLOSE_TIMEOUT,
+        )
+        if not ws.can_prepare(request).ok:
+            rejection = Rejected("expected a WebSocket upgrade request")
+            channel.reject(rejection)
+            raise rejection
+        user = identity = None
+        if channel.private:
+            try:
+                token = request.query.get("token") or bearer_token(
+                    request.headers.get("Authorization")
+                )
+                identity = verify_user_token(token, gateway.settings.jwt_secret)
+            except Rejected as rejection:
+                channel.reject(rejection)
+                raise
+            user = identity.user
+        channel.admit(address)
+    except Rejected as rejection:
+        return _rejection_response(rejection)
+
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        channel.release(address)
+        raise
+    transport = request.transport
+    if transport is None:  # the peer vanished during the handshake
+        channel.release(address)
+        return ws
+
+    # Closes started outside this handler (slow consumer, shutdown, token expiry) run as
+    # tasks; the handler waits for its own before returning, shutdown waits for all.
+    closing = request.app[CLOSING]
+    own_close: list[asyncio.Task[None]] = []
+
+    def closer(code: int, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(_close(ws, transport, code, message))
+        own_close.append(task)
+        closing.add(task)
+        task.add_done_callback(closing.discard)
+
+    conn = channel.open(transport, closer, address, user)
+    expiry = None
+    if identity is not None and identity.expires is not None:
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, identity.expires - gateway.clock()),
+            channel.close,
+            conn,
+            PolicyViolation.close_code,
+            "token expired",
+            "token_expired",
+        )
+    reason = "internal_error"
+    try:
+        reason = await _session(gateway, channel, conn, ws)
+    except CloseConnection as exc:
+        reason = exc.reason
+        channel.close(conn, exc.close_code, exc.message, exc.reason)
+    except Exception:
+        log.exception("unexpected error serving a client of %s", channel.name)
+        channel.metrics.error("internal")
+        channel.close(conn, WSCloseCode.INTERNAL_ERROR, "internal error", "internal_error")
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        channel.remove(conn, reason)  # no-op when a close above already removed it
+    for task in own_close:
+        await asyncio.shield(task)
+    return ws
+
+
+async def _session(
+    gateway: Gateway, channel: Channel, conn: Connection, ws: web.WebSocketResponse
+) -> str:
+    """Read and answer the client's frames; returns why the session ended."""
+    limits = channel.limits
+    received = channel.metrics.received
+    monotonic = time.monotonic
+    while True:
+        msg = await ws.receive()
+        kind = msg.type
+        if kind is WSMsgType.TEXT:
+            received.inc()
+            now = monotonic()
+            if not conn.bucket.try_take(now):
+                await _rate_limited(channel, conn, msg.data, now)
+                continue
+            try:
+                _answer(gateway, channel, conn, protocol.parse_request(msg.data, limits.max_topics))
+            except ClientError as exc:
+                _reply_error(channel, conn, exc)
+        elif kind is WSMsgType.BINARY:
+            received.inc()
+            raise UnsupportedData("binary frames are not supported: send JSON text frames")
+        elif kind is WSMsgType.ERROR:
+            return _classify_failure(channel, msg.data)
+        else:  # CLOSE, CLOSING, CLOSED: the client ended the session (or we are closing it,
+            # in which case the close already recorded its own reason)
+            return "client_closed"
+
+
+def _answer(
+    gateway: Gateway, channel: Channel, conn: Connection, request: protocol.Request
+) -> None:
+    if isinstance(request, protocol.Subscribe):
+        try:
+            topics = channel.subscribe(conn, request.topics)
+        except ClientError as exc:
+            exc.request_id = request.id
+            raise
+        channel.send(conn, protocol.subscribed(topics, request.id))
+    elif isinstance(request, protocol.Unsubscribe):
+        try:
+            topics = channel.unsubscribe(conn, request.topics)
+        except ClientError as exc:
+            exc.request_id = request.id
+            raise
+        channel.send(conn, protocol.unsubscribed(topics, request.id))
+    else:
+        channel.send(conn, protocol.pong(request.id, gateway.clock()))
+
+
+def _reply_error(channel: Channel, conn: Connection, exc: ClientError, **extra: Any) -> None:
+    channel.metrics.client_errors[exc.code].inc()
+    channel.send(conn, protocol.error(exc.code, exc.message, exc.request_id, **extra))
+
+
+async def _rate_limited(channel: Channel, conn: Connection, text: str, now: float) -> None:
+    """Refuse a frame over the rate limit, then stop reading from the client for a while."""
+    channel.metrics.rate_limit_hits["messages_per_second"].inc()
+    if conn.strikes.strike(now):
+        raise PolicyViolation("rate limit exceeded again and again")
+    try:
+        request_id = protocol.parse_request(text, channel.limits.max_topics).id
+    except ClientError as exc:
+        request_id = exc.request_id
+    wait = conn.bucket.wait_time(now)
+    _reply_error(
+        channel,
+        conn,
+        RateLimited(
+            f"over {channel.limits.messages_per_second} messages per second; this message was "
+            "dropped, resend it later",
+            request_id,
+        ),
+        retry_after=round(wait, 3),
+    )
+    # The pause: not reading lets TCP push back on the client (aiohttp stops reading the
+    # socket once its frame queue is full).
+    await asyncio.sleep(wait)
+
+
+def _classify_failure(channel: Channel, error: object) -> str:
+    """Name why a session failed, and count it when it is a failure of the connection."""
+    if isinstance(error, WebSocketError):
+        # aiohttp has already answered with the matching close code (1009, 1007, 1002).
+        if error.code == WSCloseCode.MESSAGE_TOO_BIG:
+            return "message_too_big"
+        return "invalid_frame"
+    if isinstance(error, asyncio.TimeoutError):
+        channel.metrics.error("heartbeat_timeout")
+        return "heartbeat_timeout"
+    if isinstance(error, ConnectionError | OSError):
+        channel.metrics.error("connection_reset")
+        return "connection_lost"
+    channel.metrics.error("internal")
+    return "internal_error"
+
+
+async def _close(
+    ws: web.WebSocketResponse, transport: asyncio.BaseTransport, code: int, message: str
+) -> None:
+    try:
+        # drain=False: a slow consumer's buffer may never drain; the close frame queues
+        # behind it and the client has CLOSE_TIMEOUT seconds to read up to it.
+        await ws.close(code=code, message=message.encode(), drain=False)
+    except Exception:
+        log.debug("closing a websocket failed", exc_info=True)
+    finally:
+        if isinstance(transport, asyncio.WriteTransport) and (
+            transport.get_write_buffer_size() > 0
+        ):
+            transport.abort()  # free what the client never read
+
+
+def _rejection_response(rejection: Rejected) -> web.Response:
+    headers = None
+    if rejection.retry_after is not None:
+        headers = {"Retry-After": str(rejection.retry_after)}
+    return json_response(
+        {"error": rejection.reason, "message": rejection.message}, rejection.status, headers
+    )
+
+
+# -- HTTP API -----------------------------------------------------------------------------------
+
+
+async def publish(request: web.Request) -> web.Response:
+    """``POST /api/publish``: one message or a batch."""
+    gateway = request.app[GATEWAY]
+    try:
+        check_publisher(
+            bearer_token(request.headers.get("Authorization")),
+            gateway.settings.publish_token,
+            request.remote,
+        )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_response(
+                {
+                    "error": "too_large",
+                    "field": "body",
+                    "message": f"body larger than {MAX_PUBLISH_BODY} bytes",
+                },
+                413,
+            )
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise PublishError("body", "not valid JSON") from None
+        accepted = await gateway.publish_document(document)
+    except PublishError as exc:
+        return json_response(
+            {"error": exc.code, "field": exc.field, "message": exc.message}, exc.status
+        )
+    return json_response({"accepted": accepted})
+
+
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: text or OpenMetrics exposition, as the scraper asks."""
+    registry = request.app[GATEWAY].registry
+    encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
+    response = web.Response(body=encoder(registry))
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def json_metrics(request: web.Request) -> web.Response:
+    """``GET /api/ws/metrics``: the JSON view of the same registry."""
+    return json_response(request.app[GATEWAY].metrics_json())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reason = request.app[GATEWAY].readiness()
+    if reason is None:
+        return json_response({"ready": True})
+    return json_response({"ready": False, "reason": reason}, 503)
+
+
+async def index(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    return json_response(
+        {
+            "service": "wsgateway",
+            "channels": {name: f"/ws/{name}" for name in gateway.channels},
+            "endpoints": ["/api/publish", "/metrics", "/api/ws/metrics", "/healthz", "/readyz"],
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/ws/{channel}", websocket)
+    app.router.add_post("/api/publish", publish)
+    app.router.add_get("/metrics", prometheus_metrics)
+    app.router.add_get("/api/ws/metrics", json_metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
