@@ -59,8 +59,9 @@ async def start_gateway() -> AsyncIterator[StartGateway]:
     async def start(settings: Settings | None = None, **limits: Any) -> RunningGateway:
         settings = settings or Settings()
         if limits:
-            settings = replace(settings, defaults=replace(settings.defaults, **limits),
-                               overrides={})
+            settings = replace(
+                settings, defaults=replace(settings.defaults, **limits), overrides={}
+            )
         app = create_app(settings)
         server = TestServer(app, host="127.0.0.1", port=0)
         await server.start_server()

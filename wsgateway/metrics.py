@@ -39,7 +39,7 @@ DISCONNECT_REASONS = (
     "client_closed",
     "slow_consumer",
     "heartbeat_timeout",
-    "rate_limit",
+    "policy_violation",
     "binary_frame",
     "message_too_big",
     "invalid_frame",

@@ -167,8 +167,9 @@ def _build(
     if not broker.startswith("memory://"):
         # The Redis broker is the cluster work; until it lands, say so instead of ignoring it.
         raise SettingsError("broker", broker, "allowed: memory:// (redis:// is not built yet)")
-    publish_token = _optional_secret("publish_token", top.get("publish_token"))
-    jwt_secret = _optional_secret("jwt_secret", top.get("jwt_secret"))
+    publish_token = _optional_secret("publish_token", top.get("publish_token"), 16)
+    # HS256 keys shorter than the hash (32 bytes) are weak (RFC 7518, 3.2).
+    jwt_secret = _optional_secret("jwt_secret", top.get("jwt_secret"), 32)
     channels = _channel_list(top.get("channels", base.channels))
     log_level = _string("log_level", top.get("log_level", base.log_level)).upper()
     if log_level not in _LOG_LEVELS:
@@ -215,12 +216,14 @@ def _string(setting: str, value: object) -> str:
     return value
 
 
-def _optional_secret(setting: str, value: object) -> str | None:
+def _optional_secret(setting: str, value: object, min_length: int) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) < 8:
+    if not isinstance(value, str) or len(value) < min_length:
         # Show no part of a secret, not even a short wrong one.
-        raise SettingsError(setting, "***", "expected a string of at least 8 characters")
+        raise SettingsError(
+            setting, "***", f"expected a string of at least {min_length} characters"
+        )
     return value
 
 

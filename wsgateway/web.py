@@ -139,6 +139,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     except CloseConnection as exc:
         reason = exc.reason
         channel.close(conn, exc.close_code, exc.message, exc.reason)
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the socket goes away under it: a missed
+        # heartbeat pong (aiohttp closed the transport) or the peer vanishing.
+        reason = _classify_failure(channel, ws.exception()) if not conn.closing else reason
+        raise
     except Exception:
         log.exception("unexpected error serving a client of %s", channel.name)
         channel.metrics.error("internal")
@@ -243,7 +248,8 @@ def _classify_failure(channel: Channel, error: object) -> str:
     if isinstance(error, asyncio.TimeoutError):
         channel.metrics.error("heartbeat_timeout")
         return "heartbeat_timeout"
-    if isinstance(error, ConnectionError | OSError):
+    if error is None or isinstance(error, ConnectionError | OSError):
+        # None: the peer vanished without a close frame or an error from the reader.
         channel.metrics.error("connection_reset")
         return "connection_lost"
     channel.metrics.error("internal")
@@ -259,11 +265,18 @@ async def _close(
         await ws.close(code=code, message=message.encode(), drain=False)
     except Exception:
         log.debug("closing a websocket failed", exc_info=True)
-    finally:
-        if isinstance(transport, asyncio.WriteTransport) and (
-            transport.get_write_buffer_size() > 0
-        ):
-            transport.abort()  # free what the client never read
+    if not isinstance(transport, asyncio.WriteTransport):
+        return
+    # Still holding bytes the client has not read (a slow consumer): give it the close
+    # timeout to read up to the close frame, then drop the socket and free the buffer.
+    # Polled, because asyncio offers no "buffer fully flushed" event; this runs only for
+    # the few connections closed with a backlog.
+    deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT
+    while transport.get_write_buffer_size() > 0:
+        if asyncio.get_running_loop().time() >= deadline:
+            transport.abort()
+            return
+        await asyncio.sleep(0.05)
 
 
 def _rejection_response(rejection: Rejected) -> web.Response:
