@@ -69,6 +69,10 @@ def _is_loopback(remote: str | None) -> bool:
     if remote is None:
         return False
     try:
-        return ipaddress.ip_address(remote).is_loopback
+        address = ipaddress.ip_address(remote)
     except ValueError:
         return False
+    # A dual-stack listener reports a local IPv4 client as ::ffff:127.0.0.1, which
+    # Python before 3.13 does not call loopback.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback

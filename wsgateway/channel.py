@@ -148,7 +148,7 @@ class Channel:
 
     def subscribe(self, conn: Connection, topics: Iterable[str]) -> tuple[str, ...]:
         """Add ``topics`` to ``conn``; raise ClientError when they are not allowed."""
-        topics = tuple(topics)
+        topics = tuple(dict.fromkeys(topics))
         if self.private:
             topics = self._own_topic(conn, topics)
         new = [topic for topic in topics if topic not in conn.topics]
@@ -230,8 +230,13 @@ class Channel:
         slow: list[Connection] = []
         queued = 0
         for conn in connections:
-            if conn.outbox_bytes + conn.backlog + size > limit and (
-                conn.pending_bytes() + size > limit  # the cached backlog may be stale
+            # Re-read the real buffer only near the limit (the cached backlog may be stale).
+            # A client with nothing queued always takes one frame, however large: it is not
+            # slow, the message is big.
+            if (
+                conn.outbox_bytes + conn.backlog + size > limit
+                and (pending := conn.pending_bytes())
+                and pending + size > limit
             ):
                 slow.append(conn)
                 continue
@@ -306,13 +311,20 @@ class Channel:
         self._close(conn, code, message, reason)
 
     def _write_now(self, conn: Connection) -> None:
-        if conn.outbox and not conn.transport.is_closing():
-            self.metrics.sent.inc(len(conn.outbox))
-            conn.transport.write(b"".join(conn.outbox))
-        elif conn.outbox:
-            self.metrics.failed["connection_lost"].inc(len(conn.outbox))
-        conn.outbox = []
-        conn.outbox_bytes = 0
+        outbox, conn.outbox, conn.outbox_bytes = conn.outbox, [], 0
+        if not outbox:
+            return
+        if conn.transport.is_closing():
+            self.metrics.failed["connection_lost"].inc(len(outbox))
+            return
+        try:
+            conn.transport.write(b"".join(outbox))
+        except Exception:  # the peer is gone; closing goes on (shutdown must reach everyone)
+            log.debug("final write to a client of %s failed", self.name, exc_info=True)
+            self.metrics.failed["connection_lost"].inc(len(outbox))
+            self.metrics.error("send_failed")
+            return
+        self.metrics.sent.inc(len(outbox))
 
     def close_all(self, code: int, message: str, reason: str) -> int:
         """Close every connection (shutdown, drain); returns how many there were."""
@@ -346,7 +358,7 @@ class Channel:
 
     def admission_window(self) -> int:
         """Admissions still inside the connection-rate window (entries expire after 60 s)."""
-        return len(self._admissions)
+        return self._admissions.count(self._clock())
 
     @property
     def connections(self) -> frozenset[Connection]:

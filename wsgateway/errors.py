@@ -56,7 +56,7 @@ class Rejected(GatewayError):
 
     status: ClassVar[int] = 400
     #: closed set used as the ``reason`` label of wsgateway_connections_rejected_total
-    reason: ClassVar[str] = "bad_request"
+    reason: ClassVar[str] = "bad_handshake"
     retry_after: int | None = None
 
     def __init__(self, message: str) -> None:

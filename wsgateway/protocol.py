@@ -78,7 +78,9 @@ def parse_request(text: str | bytes, max_topics: int) -> Request:
             if kind == "subscribe"
             else Unsubscribe(topics, request_id)
         )
-    shown = kind if isinstance(kind, str) and len(kind) <= 32 else _json_kind(kind)
+    if not isinstance(kind, str):
+        raise UnknownType(f'"type" must be a string, got {_json_kind(kind)}', request_id)
+    shown = kind if len(kind) <= 32 else kind[:32] + "..."
     raise UnknownType(
         f"unknown type {shown!r}; expected subscribe, unsubscribe or ping", request_id
     )
@@ -102,12 +104,13 @@ def _topics(message: dict[str, Any], max_topics: int, request_id: RequestId) -> 
     topics = message.get("topics")
     if not isinstance(topics, list) or not topics:
         raise BadMessage('"topics" must be a non-empty list of strings', request_id)
-    if len(topics) > max_topics:
-        raise TooManyTopics(f"at most {max_topics} topics per connection", request_id)
     for topic in topics:
         if not is_valid_topic(topic):
             raise InvalidTopic(TOPIC_RULE, request_id)
-    return tuple(dict.fromkeys(topics))  # drop repeats, keep order
+    unique = tuple(dict.fromkeys(topics))  # drop repeats, keep order
+    if len(unique) > max_topics:
+        raise TooManyTopics(f"at most {max_topics} topics per connection", request_id)
+    return unique
 
 
 def _json_kind(value: object) -> str:
@@ -196,9 +199,13 @@ def _publish_message(item: object, where: str, channels: Collection[str]) -> Mes
         raise PublishError(
             where.rstrip(".") or "body", f"expected a JSON object, got {_json_kind(item)}"
         )
+    if "channel" not in item:
+        raise PublishError(f"{where}channel", "required")
     channel = item.get("channel")
     if not isinstance(channel, str) or channel not in channels:
         raise PublishError(f"{where}channel", "unknown channel; configured: " + ", ".join(channels))
+    if "topic" not in item:
+        raise PublishError(f"{where}topic", "required")
     topic = item.get("topic")
     if not is_valid_topic(topic, allow_wildcard=False):
         raise PublishError(

@@ -74,7 +74,13 @@ class SlidingWindow:
             return 1
         return max(1, math.ceil(self._events[0] + self._window - now))
 
+    def count(self, now: float) -> int:
+        """Events inside the window at ``now``."""
+        self._prune(now)
+        return len(self._events)
+
     def __len__(self) -> int:
+        """Entries held (pruned on every check): never more than the limit."""
         return len(self._events)
 
 

@@ -94,7 +94,7 @@ def load_settings(
     """
     top: dict[str, Any] = {}
     default_limits: dict[str, Any] = {}
-    channel_limits: dict[str, dict[str, Any]] = {}
+    channel_limits: dict[str, tuple[str, dict[str, Any]]] = {}
 
     for name, value in _read_env(env or {}).items():
         (default_limits if name in LIMIT_NAMES else top)[name] = value
@@ -109,12 +109,15 @@ def load_settings(
                 # example does not parse), so overrides live in `[channel.x]`; `[channels.x]`
                 # is accepted too when the file gives no channel list.
                 for channel, table in value.items():
-                    channel_limits[channel] = _limit_table(f"{key}.{channel}", table)
+                    where = f"{key}.{channel}"
+                    channel_limits[channel] = (where, _limit_table(where, table))
             elif key in _TOP_LEVEL:
                 top[key] = value
             else:
                 raise SettingsError(key, value, f"unknown key in {config_file}")
     for key, value in (flags or {}).items():
+        if key not in (*_TOP_LEVEL, "demo"):
+            raise SettingsError(key, value, "not a setting that can be given as a flag")
         if value is not None:
             top[key] = value
 
@@ -158,7 +161,9 @@ def _limit_table(where: str, table: object) -> dict[str, Any]:
 
 
 def _build(
-    top: dict[str, Any], default_limits: dict[str, Any], channel_limits: dict[str, dict[str, Any]]
+    top: dict[str, Any],
+    default_limits: dict[str, Any],
+    channel_limits: dict[str, tuple[str, dict[str, Any]]],
 ) -> Settings:
     base = Settings()
     host = _string("host", top.get("host", base.host))
@@ -177,14 +182,12 @@ def _build(
 
     defaults = _limits("defaults", Limits(), default_limits)
     overrides: dict[str, Limits] = {}
-    for channel, table in channel_limits.items():
+    for channel, (where, table) in channel_limits.items():
         if channel not in channels:
             raise SettingsError(
-                f"channel.{channel}",
-                table,
-                "not a configured channel; configured: " + ", ".join(channels),
+                where, table, "not a configured channel; configured: " + ", ".join(channels)
             )
-        overrides[channel] = _limits(f"channel.{channel}", defaults, table)
+        overrides[channel] = _limits(where, defaults, table)
     return Settings(
         host=host,
         port=port,

@@ -77,7 +77,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 f"no channel {name[:64]!r}; channels: " + ", ".join(gateway.channels)
             )
         ws = web.WebSocketResponse(
-            max_msg_size=channel.limits.max_message_size,
+            # aiohttp refuses a frame of max_msg_size bytes; the SPEC allows exactly that many.
+            max_msg_size=channel.limits.max_message_size + 1,
             heartbeat=channel.limits.heartbeat,
             compress=False,  # frames are built once and shared; per-client deflate defeats it
             timeout=CLOSE_TIMEOUT,

@@ -1,0 +1,942 @@
+"""Channel: admission, subscriptions, fan-out, slow consumers, cleanup and their metrics.
+
+No sockets: connections write to FakeTransports and the clock is a FakeClock. Fan-out
+schedules its flush with ``loop.call_soon``, so a test that broadcasts awaits
+``asyncio.sleep(0)`` once to let that single flush run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+import orjson
+import pytest
+
+from wsgateway import protocol
+from wsgateway.brokers.base import Update
+from wsgateway.errors import (
+    ChannelFull,
+    ConnectionRateLimited,
+    Draining,
+    ForbiddenTopic,
+    TooManyConnectionsFromAddress,
+    TooManyTopics,
+)
+from wsgateway.metrics import ChannelState
+
+from .fakes import (
+    EPOCH,
+    Client,
+    FakeTransport,
+    Harness,
+    decode_frame_payloads,
+    decode_frames,
+    make_channel,
+    make_update,
+)
+
+SENT = "wsgateway_messages_sent_total"
+FAILED = "wsgateway_messages_failed_total"
+ERRORS = "wsgateway_errors_total"
+LAST_ERROR = "wsgateway_last_error_timestamp_seconds"
+SLOW = "wsgateway_slow_consumers_total"
+REJECTED = "wsgateway_connections_rejected_total"
+PUBLISHED = "wsgateway_messages_published_total"
+DISCONNECTS = "wsgateway_disconnects_total"
+CONNECTIONS = "wsgateway_connections_total"
+RATE_LIMIT_HITS = "wsgateway_rate_limit_hits_total"
+IDLE_FOOTPRINT = {
+    "connections": 0,
+    "admitting": 0,
+    "topics": 0,
+    "wildcard": 0,
+    "addresses": 0,
+    "dirty": 0,
+}
+
+
+async def next_turn() -> None:
+    """Let the flush that fan-out scheduled with ``call_soon`` run."""
+    await asyncio.sleep(0)
+
+
+def seqs(client: Client, topic: str | None = None) -> list[int]:
+    return [
+        m["seq"]
+        for m in client.messages()
+        if m["type"] == "update" and (topic is None or m["topic"] == topic)
+    ]
+
+
+def updates(client: Client) -> list[tuple[str, int]]:
+    return [(m["topic"], m["seq"]) for m in client.messages() if m["type"] == "update"]
+
+
+def frame_size(update: Update) -> int:
+    """Bytes of the WebSocket frame of ``update``, computed without wsgateway.protocol."""
+    payload = orjson.dumps(
+        {
+            "type": "update",
+            "channel": update.channel,
+            "topic": update.topic,
+            "seq": update.seq,
+            "ts": update.ts,
+            "data": update.data,
+        }
+    )
+    length = len(payload)
+    return length + (2 if length < 126 else 4 if length < 65536 else 10)
+
+
+def update_of_size(size: int, topic: str = "BTC-USD", seq: int = 1) -> Update:
+    """An update whose frame is exactly ``size`` bytes."""
+    for pad in range(size):
+        update = make_update(topic, seq, {"p": "x" * pad})
+        if frame_size(update) == size:
+            return update
+    raise AssertionError(f"no update frames to exactly {size} bytes")
+
+
+def rejected(h: Harness, reason: str) -> float | None:
+    return h.value(REJECTED, reason=reason)
+
+
+# -- the fake framing itself -------------------------------------------------------------------
+
+
+def test_decode_frames_reads_7_16_and_64_bit_lengths() -> None:
+    bodies = [{"n": 1}, {"s": "x" * 200}, {"s": "y" * 70_000}]
+    data = b"".join(protocol.text_frame(orjson.dumps(body)) for body in bodies)
+    assert data[0] == 0x81 and data[1] < 126
+    assert decode_frames(data) == bodies
+    with pytest.raises(AssertionError, match="truncated"):
+        decode_frames(data[:-1])
+    with pytest.raises(AssertionError, match="masked"):
+        decode_frames(b"\x81\x81abcdx")
+
+
+# -- fan-out -----------------------------------------------------------------------------------
+
+
+async def test_broadcast_reaches_every_subscriber_once_with_the_spec_shape() -> None:
+    h = make_channel()
+    subscribers = [h.open(f"10.0.0.{i}") for i in range(3)]
+    other, idle = h.open("10.0.1.1"), h.open("10.0.1.2")
+    for client in subscribers:
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.subscribe(other.conn, ["ETH-USD"])
+
+    queued = h.channel.broadcast(make_update("BTC-USD", 42, {"price": 1.5, "size": [1, 2]}))
+    assert queued == 3
+    await next_turn()
+
+    expected = {
+        "type": "update",
+        "channel": "ticker",
+        "topic": "BTC-USD",
+        "seq": 42,
+        "ts": EPOCH,
+        "data": {"price": 1.5, "size": [1, 2]},
+    }
+    for client in subscribers:
+        assert client.messages() == [expected]
+        assert len(client.transport.writes) == 1
+    # The frame is built once: every subscriber gets the very same bytes.
+    assert len({client.transport.data for client in subscribers}) == 1
+    assert other.transport.writes == []
+    assert idle.transport.writes == []
+    assert h.value(SENT) == 3
+
+
+async def test_wildcard_subscriber_gets_every_topic_in_order() -> None:
+    h = make_channel()
+    everything, btc = h.open(), h.open()
+    h.channel.subscribe(everything.conn, ["*"])
+    h.channel.subscribe(btc.conn, ["BTC-USD"])
+
+    assert h.channel.broadcast(make_update("BTC-USD", 1)) == 2
+    assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1
+    assert h.channel.broadcast(make_update("BTC-USD", 2)) == 2
+    await next_turn()
+
+    assert updates(everything) == [("BTC-USD", 1), ("ETH-USD", 1), ("BTC-USD", 2)]
+    assert updates(btc) == [("BTC-USD", 1), ("BTC-USD", 2)]
+
+
+@pytest.mark.parametrize(
+    "topic_lists",
+    [
+        [["BTC-USD", "*"]],
+        [["*", "BTC-USD"]],
+        [["BTC-USD"], ["*"]],
+        [["*"], ["BTC-USD"]],
+    ],
+)
+async def test_wildcard_plus_topic_gets_each_update_once(topic_lists: list[list[str]]) -> None:
+    h = make_channel()
+    client = h.open()
+    for topics in topic_lists:
+        h.channel.subscribe(client.conn, topics)
+
+    assert h.channel.broadcast(make_update("BTC-USD", 1)) == 1
+    assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1
+    await next_turn()
+
+    assert updates(client) == [("BTC-USD", 1), ("ETH-USD", 1)]
+    assert h.channel.state().subscriptions == 2
+    assert h.channel.footprint()["topics"] == 0  # held as a wildcard, not per topic
+
+
+async def test_unsubscribing_wildcard_restores_topic_subscriptions() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD", "SOL-USD"])
+    h.channel.subscribe(client.conn, ["*"])
+
+    assert h.channel.unsubscribe(client.conn, ["*"]) == ("*",)
+    assert client.conn.topics == {"BTC-USD", "SOL-USD"}
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("ETH-USD", 1))
+    h.channel.broadcast(make_update("SOL-USD", 1))
+    await next_turn()
+
+    assert updates(client) == [("BTC-USD", 1), ("SOL-USD", 1)]
+    assert h.channel.footprint()["wildcard"] == 0
+    assert h.channel.state().topics == 2
+
+
+@pytest.mark.parametrize("order", [["*", "BTC-USD"], ["BTC-USD", "*"]])
+async def test_unsubscribing_wildcard_and_topic_together_leaves_nothing(order: list[str]) -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD", "*"])
+
+    h.channel.unsubscribe(client.conn, order)
+    assert client.conn.topics == {"ETH-USD"}
+    assert h.channel.broadcast(make_update("BTC-USD", 1)) == 0
+    assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1
+    await next_turn()
+
+    assert updates(client) == [("ETH-USD", 1)]
+    assert h.channel.state() == ChannelState("ticker", 1, 1, 1, 0)
+
+
+async def test_unsubscribing_a_topic_under_wildcard_keeps_every_topic() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD", "*"])
+    h.channel.unsubscribe(client.conn, ["BTC-USD"])
+
+    assert h.channel.broadcast(make_update("BTC-USD", 1)) == 1
+    h.channel.unsubscribe(client.conn, ["*"])
+    assert h.channel.broadcast(make_update("BTC-USD", 2)) == 0
+    await next_turn()
+
+    assert updates(client) == [("BTC-USD", 1)]
+    assert h.channel.footprint() == {**IDLE_FOOTPRINT, "connections": 1, "addresses": 1}
+
+
+async def test_large_updates_are_framed_with_extended_lengths() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    medium, large = "m" * 300, "L" * 70_000
+
+    h.channel.broadcast(make_update("BTC-USD", 1, {"blob": medium}))
+    h.channel.broadcast(make_update("BTC-USD", 2, {"blob": large}))
+    await next_turn()
+
+    payloads = decode_frame_payloads(client.transport.data)
+    assert [len(p) for p in payloads] == [
+        frame_size(make_update("BTC-USD", 1, {"blob": medium})) - 4,
+        frame_size(make_update("BTC-USD", 2, {"blob": large})) - 10,
+    ]
+    assert [m["data"]["blob"] for m in client.messages()] == [medium, large]
+
+
+# -- coalescing and ordering -------------------------------------------------------------------
+
+
+async def test_a_burst_in_one_turn_is_one_write_per_connection_in_seq_order() -> None:
+    h = make_channel()
+    clients = [h.open(f"10.0.0.{i}") for i in range(3)]
+    for client in clients:
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+
+    for seq in range(1, 6):
+        h.channel.broadcast(make_update("BTC-USD", seq))
+    assert all(client.transport.writes == [] for client in clients)  # nothing before the flush
+    assert h.value(SENT) == 0
+    await next_turn()
+
+    for client in clients:
+        assert len(client.transport.writes) == 1
+        assert seqs(client) == [1, 2, 3, 4, 5]
+    assert h.value(SENT) == 15
+
+    h.channel.broadcast(make_update("BTC-USD", 6))
+    await next_turn()
+    for client in clients:
+        assert len(client.transport.writes) == 2
+        assert seqs(client) == [1, 2, 3, 4, 5, 6]
+    assert h.value(SENT) == 18
+
+
+async def test_replies_keep_their_order_relative_to_updates() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.send(client.conn, protocol.subscribed(("ETH-USD",), 7))
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    h.channel.send(client.conn, protocol.pong("p", 123.5))
+    await next_turn()
+
+    assert len(client.transport.writes) == 1
+    assert [(m["type"], m.get("seq"), m.get("id")) for m in client.messages()] == [
+        ("update", 1, None),
+        ("subscribed", None, 7),
+        ("update", 2, None),
+        ("pong", None, "p"),
+    ]
+    assert h.value(SENT) == 4
+
+
+async def test_send_to_a_removed_connection_is_dropped() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.remove(client.conn, "client_closed")
+
+    h.channel.send(client.conn, protocol.pong(None, 1.0))
+    await next_turn()
+
+    assert client.transport.writes == []
+    assert h.value(SENT) == 0
+    assert h.value(FAILED, reason="connection_lost") == 0
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+
+
+# -- slow consumers ----------------------------------------------------------------------------
+
+
+async def test_slow_consumer_is_closed_1013_and_the_others_get_every_frame() -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    fast = h.open("10.0.0.1")
+    slow = h.open("10.0.0.2", transport=FakeTransport(buffer_size=1000))  # stopped reading
+    for client in (fast, slow):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.clock.advance(5.0)
+
+    assert h.channel.broadcast(make_update("BTC-USD", 1)) == 2
+    await next_turn()
+    assert h.channel.broadcast(make_update("BTC-USD", 2)) == 1  # 1000 buffered + frame > 1024
+    assert slow.closer.calls == [(1013, "slow consumer")]
+    for seq in range(3, 6):
+        assert h.channel.broadcast(make_update("BTC-USD", seq)) == 1
+    await next_turn()
+
+    assert seqs(fast) == [1, 2, 3, 4, 5]
+    assert seqs(slow) == [1]
+    assert slow.conn.closing
+    assert slow.conn not in h.channel.connections
+    assert slow.closer.calls == [(1013, "slow consumer")]
+    assert h.value(SLOW) == 1
+    assert h.value(FAILED, reason="slow_consumer") == 1  # the frame that did not fit
+    assert h.value(ERRORS, type="slow_consumer") == 1
+    assert h.value(LAST_ERROR, type="slow_consumer") == EPOCH + 5.0
+    assert h.value(DISCONNECTS, reason="slow_consumer") == 1
+    assert h.value(SENT) == 6
+    assert h.channel.state() == ChannelState("ticker", 1, 1, 1, 0)
+    assert h.channel.footprint()["addresses"] == 1
+
+
+async def test_a_burst_past_the_outbox_limit_drops_the_client_and_its_queue() -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+
+    for seq in range(1, 5):  # 4 x 256 bytes: exactly at the limit, still fine
+        assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
+    assert client.closer.calls == []
+    assert h.channel.state().outbox_bytes == 1024
+    assert h.channel.broadcast(update_of_size(256, seq=5)) == 0  # past the limit
+    await next_turn()
+
+    assert client.closer.calls == [(1013, "slow consumer")]
+    assert client.transport.writes == []
+    assert h.value(FAILED, reason="slow_consumer") == 5  # 4 queued + the one that did not fit
+    assert h.value(SLOW) == 1
+    assert h.value(SENT) == 0
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+
+
+@pytest.mark.parametrize(("extra", "closed"), [(0, False), (1, True)])
+async def test_slow_consumer_limit_counts_transport_buffer_plus_outbox(
+    extra: int, closed: bool
+) -> None:
+    limit, size = 1024, 200
+    h = make_channel(max_outbox_bytes=limit)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(update_of_size(size, seq=1))
+    # What the kernel did not take stays in the transport's buffer after the flush.
+    client.transport.buffer_size = limit - 2 * size + extra
+    await next_turn()
+
+    h.channel.broadcast(update_of_size(size, seq=2))
+    h.channel.broadcast(update_of_size(size, seq=3))
+    await next_turn()
+
+    if closed:
+        assert client.closer.calls == [(1013, "slow consumer")]
+        assert seqs(client) == [1]
+        assert h.value(FAILED, reason="slow_consumer") == 2
+        assert h.value(SLOW) == 1
+    else:
+        assert client.closer.calls == []
+        assert seqs(client) == [1, 2, 3]
+        assert h.value(FAILED, reason="slow_consumer") == 0
+        assert h.value(SLOW) == 0
+
+
+async def test_a_stale_backlog_does_not_make_a_false_slow_consumer() -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    client.transport.buffer_size = 1000
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+    assert client.conn.backlog == 1000
+
+    client.transport.buffer_size = 0  # the client caught up since the last flush
+    assert h.channel.broadcast(make_update("BTC-USD", 2)) == 1
+    await next_turn()
+
+    assert client.closer.calls == []
+    assert seqs(client) == [1, 2]
+    assert h.value(SLOW) == 0
+    assert h.value(FAILED, reason="slow_consumer") == 0
+    assert client.conn in h.channel.connections
+
+
+async def test_a_reply_that_overflows_the_outbox_is_a_slow_consumer_too() -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open(transport=FakeTransport(buffer_size=1024))
+    h.channel.send(client.conn, protocol.pong(1, 1.0))
+    await next_turn()  # written; the flush sees the full transport buffer
+
+    h.channel.send(client.conn, protocol.pong(2, 2.0))
+    await next_turn()
+
+    assert client.closer.calls == [(1013, "slow consumer")]
+    assert [m["id"] for m in client.messages()] == [1]
+    assert h.value(SLOW) == 1
+    assert h.value(FAILED, reason="slow_consumer") == 1
+
+
+# -- failing transports ------------------------------------------------------------------------
+
+
+async def test_a_write_that_raises_counts_failed_frames_and_closes_1011() -> None:
+    h = make_channel()
+    broken, healthy = h.open("10.0.0.1"), h.open("10.0.0.2")
+    for client in (broken, healthy):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    broken.transport.write_error = ConnectionResetError("peer reset")
+    h.clock.advance(12.5)
+
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    await next_turn()
+
+    assert broken.closer.calls == [(1011, "send failed")]
+    assert broken.conn not in h.channel.connections
+    assert seqs(healthy) == [1, 2]
+    assert h.value(FAILED, reason="connection_lost") == 2
+    assert h.value(SENT) == 2
+    assert h.value(ERRORS, type="send_failed") == 1
+    assert h.value(LAST_ERROR, type="send_failed") == EPOCH + 12.5
+    assert h.value(DISCONNECTS, reason="internal_error") == 1
+
+    assert h.channel.broadcast(make_update("BTC-USD", 3)) == 1  # no longer a subscriber
+    await next_turn()
+    h.channel.remove(broken.conn, "connection_lost")  # the handler's remove: a no-op now
+    assert h.value(DISCONNECTS, reason="connection_lost") == 0
+    assert h.value(FAILED, reason="connection_lost") == 2
+    assert seqs(healthy) == [1, 2, 3]
+    assert h.channel.state() == ChannelState("ticker", 1, 1, 1, 0)
+
+
+async def test_a_closing_transport_gets_nothing_and_its_frames_count_as_failed() -> None:
+    h = make_channel()
+    gone, healthy = h.open("10.0.0.1"), h.open("10.0.0.2")
+    for client in (gone, healthy):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    gone.transport.closing = True
+
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    await next_turn()
+
+    assert gone.transport.writes == []
+    assert seqs(healthy) == [1, 2]
+    assert h.value(FAILED, reason="connection_lost") == 2
+    assert h.value(SENT) == 2
+    # The peer is already going away: the WebSocket handler's receive loop sees it, counts
+    # the failure and calls remove(); the flush only accounts for the undeliverable frames.
+    h.channel.remove(gone.conn, "connection_lost")
+    assert gone.conn not in h.channel.connections
+    assert h.value(DISCONNECTS, reason="connection_lost") == 1
+    assert h.value(FAILED, reason="connection_lost") == 2  # not counted twice
+    assert h.channel.state() == ChannelState("ticker", 1, 1, 1, 0)
+
+
+async def test_remove_counts_what_was_still_queued() -> None:
+    h = make_channel()
+    leaving, staying = h.open("10.0.0.1"), h.open("10.0.0.2")
+    for client in (leaving, staying):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("BTC-USD", 2))
+
+    h.channel.remove(leaving.conn, "client_closed")
+    h.channel.remove(leaving.conn, "client_closed")  # idempotent
+    await next_turn()
+
+    assert leaving.transport.writes == []
+    assert leaving.closer.calls == []  # remove forgets; closing is the caller's business
+    assert seqs(staying) == [1, 2]
+    assert h.value(FAILED, reason="connection_lost") == 2
+    assert h.value(DISCONNECTS, reason="client_closed") == 1
+    assert h.value(SENT) == 2
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+def test_max_connections_counts_open_and_reserved_connections() -> None:
+    h = make_channel(max_connections=3)
+    first, _ = h.open("10.0.0.1"), h.open("10.0.0.2")
+    h.channel.admit("10.0.0.3")  # upgrade in progress: holds a place
+
+    with pytest.raises(ChannelFull) as caught:
+        h.channel.admit("10.0.0.4")
+    assert caught.value.status == 503
+    assert rejected(h, "capacity") == 1
+
+    h.channel.release("10.0.0.3")
+    h.channel.admit("10.0.0.4")
+    with pytest.raises(ChannelFull):
+        h.channel.admit("10.0.0.5")
+    h.channel.remove(first.conn, "client_closed")
+    h.channel.admit("10.0.0.5")
+
+    assert rejected(h, "capacity") == 2
+    assert h.channel.footprint()["admitting"] == 2
+    assert h.value(CONNECTIONS) == 2
+
+
+def test_max_connections_per_ip() -> None:
+    h = make_channel(max_connections_per_ip=2)
+    first, _ = h.open("10.0.0.1"), h.open("10.0.0.1")
+
+    with pytest.raises(TooManyConnectionsFromAddress) as caught:
+        h.channel.admit("10.0.0.1")
+    assert caught.value.status == 429
+    h.open("10.0.0.2")  # another address is not affected
+    assert rejected(h, "ip_limit") == 1
+
+    h.channel.remove(first.conn, "client_closed")
+    h.open("10.0.0.1")
+    with pytest.raises(TooManyConnectionsFromAddress):
+        h.channel.admit("10.0.0.1")
+    assert rejected(h, "ip_limit") == 2
+    assert rejected(h, "capacity") == 0
+    assert h.channel.footprint()["addresses"] == 2
+
+
+def test_connections_per_minute_is_a_sliding_window_with_retry_after() -> None:
+    h = make_channel(connections_per_minute=2)
+    t0 = h.clock.now
+    h.channel.admit("10.0.0.1")
+    h.clock.set(t0 + 10)
+    h.channel.admit("10.0.0.2")
+
+    h.clock.set(t0 + 30)
+    with pytest.raises(ConnectionRateLimited) as caught:
+        h.channel.admit("10.0.0.3")
+    assert caught.value.retry_after == 30  # the first admission leaves the window at t0 + 60
+    assert caught.value.status == 429
+
+    h.clock.set(t0 + 59.5)
+    with pytest.raises(ConnectionRateLimited) as caught:
+        h.channel.admit("10.0.0.3")
+    assert caught.value.retry_after == 1  # whole seconds, rounded up
+
+    h.clock.set(t0 + 60)
+    h.channel.admit("10.0.0.3")  # the t0 admission has expired
+    with pytest.raises(ConnectionRateLimited) as caught:
+        h.channel.admit("10.0.0.4")
+    assert caught.value.retry_after == 10
+
+    assert rejected(h, "rate_limited") == 3
+    assert h.value(RATE_LIMIT_HITS, limit="connections_per_minute") == 3
+    assert h.channel.admission_window() == 2
+    assert h.channel.footprint()["admitting"] == 3  # refusals hold no reservation
+    assert h.channel.footprint()["addresses"] == 3
+
+
+def test_draining_refuses_every_new_connection() -> None:
+    h = make_channel()
+    h.channel.draining = True
+    with pytest.raises(Draining) as caught:
+        h.channel.admit("10.0.0.1")
+    assert caught.value.status == 503
+    with pytest.raises(Draining):
+        h.channel.admit("10.0.0.2")
+
+    assert rejected(h, "draining") == 2
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+    assert h.channel.admission_window() == 0
+    h.channel.draining = False
+    h.open("10.0.0.1")
+
+
+def test_refusals_for_capacity_take_no_place_in_the_rate_window() -> None:
+    h = make_channel(max_connections=1, connections_per_minute=2)
+    client = h.open("10.0.0.1")
+    for _ in range(5):
+        with pytest.raises(ChannelFull):
+            h.channel.admit("10.0.0.2")
+    assert h.channel.admission_window() == 1
+
+    h.channel.remove(client.conn, "client_closed")
+    h.open("10.0.0.2")  # the window still has room for the second admission
+    assert rejected(h, "capacity") == 5
+    assert rejected(h, "rate_limited") == 0
+    assert h.value(RATE_LIMIT_HITS, limit="connections_per_minute") == 0
+
+
+def test_every_rejection_is_counted_by_its_reason() -> None:
+    h = make_channel(max_connections=2, max_connections_per_ip=1, connections_per_minute=3)
+    h.open("10.0.0.1")
+    with pytest.raises(TooManyConnectionsFromAddress):
+        h.channel.admit("10.0.0.1")
+    h.open("10.0.0.2")
+    with pytest.raises(ChannelFull):
+        h.channel.admit("10.0.0.3")
+    h.channel.remove(h.clients[0].conn, "client_closed")
+    h.open("10.0.0.3")  # third admission of the minute
+    h.channel.remove(h.clients[1].conn, "client_closed")
+    with pytest.raises(ConnectionRateLimited):
+        h.channel.admit("10.0.0.4")
+    h.channel.draining = True
+    with pytest.raises(Draining):
+        h.channel.admit("10.0.0.4")
+
+    by_reason = {
+        reason: rejected(h, reason)
+        for reason in ("rate_limited", "capacity", "ip_limit", "draining", "unauthorized")
+    }
+    assert by_reason == {
+        "rate_limited": 1,
+        "capacity": 1,
+        "ip_limit": 1,
+        "draining": 1,
+        "unauthorized": 0,
+    }
+
+
+def test_release_gives_the_reservation_back() -> None:
+    h = make_channel(max_connections=1, max_connections_per_ip=1)
+    h.channel.admit("10.0.0.1")
+    assert h.channel.footprint() == {**IDLE_FOOTPRINT, "admitting": 1, "addresses": 1}
+
+    h.channel.release("10.0.0.1")
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+    h.channel.admit("10.0.0.1")  # neither the channel nor the address is full now
+    h.channel.release("10.0.0.1")
+    h.open("10.0.0.1")
+
+    assert rejected(h, "capacity") == 0
+    assert rejected(h, "ip_limit") == 0
+    assert h.value(CONNECTIONS) == 1
+    assert h.channel.footprint() == {**IDLE_FOOTPRINT, "connections": 1, "addresses": 1}
+
+
+# -- subscriptions -----------------------------------------------------------------------------
+
+
+async def test_max_topics_holds_across_calls_and_a_refusal_changes_nothing() -> None:
+    h = make_channel(max_topics=3)
+    client = h.open()
+    assert h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD"]) == ("BTC-USD", "ETH-USD")
+
+    with pytest.raises(TooManyTopics) as caught:
+        h.channel.subscribe(client.conn, ["SOL-USD", "ADA-USD"])
+    assert caught.value.code == "too_many_topics"
+    assert client.conn.topics == {"BTC-USD", "ETH-USD"}
+    assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 0)
+    assert h.channel.broadcast(make_update("SOL-USD", 1)) == 0
+
+    # Topics already held do not count again.
+    assert h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD", "SOL-USD"]) == (
+        "BTC-USD",
+        "ETH-USD",
+        "SOL-USD",
+    )
+    with pytest.raises(TooManyTopics):
+        h.channel.subscribe(client.conn, ["*"])  # the wildcard is a topic too
+    assert client.conn.all_topics is False
+    assert h.channel.state() == ChannelState("ticker", 1, 3, 3, 0)
+    assert h.channel.broadcast(make_update("ADA-USD", 1)) == 0
+    assert h.channel.broadcast(make_update("SOL-USD", 2)) == 1
+    await next_turn()
+    assert updates(client) == [("SOL-USD", 2)]
+
+
+def test_a_topic_repeated_in_one_call_counts_once() -> None:
+    h = make_channel(max_topics=2)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    assert h.channel.subscribe(client.conn, ["ETH-USD", "ETH-USD"]) == ("ETH-USD",)
+    assert client.conn.topics == {"BTC-USD", "ETH-USD"}
+
+
+async def test_private_channel_allows_only_the_users_own_topic() -> None:
+    h = make_channel("user")
+    alice = h.open("10.0.0.1", user="alice")
+    bob = h.open("10.0.0.2", user="bob")
+    anonymous = h.open("10.0.0.3")
+
+    assert h.channel.subscribe(alice.conn, ["*"]) == ("alice",)  # "*" means "all of mine"
+    assert h.channel.subscribe(alice.conn, ["alice"]) == ("alice",)
+    assert h.channel.subscribe(bob.conn, ["bob"]) == ("bob",)
+    for topics in (["bob"], ["alice", "bob"], ["*", "carol"]):
+        with pytest.raises(ForbiddenTopic) as caught:
+            h.channel.subscribe(alice.conn, topics)
+        assert caught.value.code == "forbidden_topic"
+    for topics in (["*"], ["alice"]):
+        with pytest.raises(ForbiddenTopic):
+            h.channel.subscribe(anonymous.conn, topics)
+    with pytest.raises(ForbiddenTopic):
+        h.channel.unsubscribe(alice.conn, ["bob"])
+
+    assert alice.conn.topics == {"alice"}
+    assert alice.conn.all_topics is False
+    assert anonymous.conn.topics == set()
+    assert h.channel.footprint()["wildcard"] == 0
+
+    assert h.channel.broadcast(make_update("bob", 1, {"balance": 5}, channel="user")) == 1
+    assert h.channel.broadcast(make_update("alice", 1, {"balance": 7}, channel="user")) == 1
+    await next_turn()
+    assert [(m["channel"], m["topic"], m["data"]) for m in alice.messages()] == [
+        ("user", "alice", {"balance": 7})
+    ]
+    assert updates(bob) == [("bob", 1)]
+    assert anonymous.transport.writes == []
+
+    assert h.channel.unsubscribe(alice.conn, ["*"]) == ("alice",)
+    assert alice.conn.topics == set()
+    assert h.channel.state().topics == 1
+
+
+# -- cleanup and memory ------------------------------------------------------------------------
+
+
+async def test_thousands_of_connection_cycles_leave_nothing_behind() -> None:
+    h = make_channel(connections_per_minute=100, max_connections_per_ip=20, max_topics=5)
+    channel = h.channel
+    live: deque[Client] = deque()
+    cycles = 3000
+
+    def end(client: Client, i: int) -> None:
+        if i % 3 == 0:
+            channel.remove(client.conn, "client_closed")
+        else:
+            channel.close(client.conn, 1000, "bye", "client_closed")
+
+    for i in range(cycles):
+        h.clock.advance(1.0)  # at most 60 admissions per window, under the limit
+        client = h.open(f"10.{i % 3}.0.{i % 5}")
+        topics = [f"SYM-{i % 701}", f"SYM-{i * 7 % 997}"]
+        if i % 10 == 0:
+            topics.append("*")
+        channel.subscribe(client.conn, topics)
+        if i % 13 == 0:
+            channel.unsubscribe(client.conn, topics[:1])
+        channel.broadcast(make_update(topics[0], i))
+        channel.send(client.conn, protocol.subscribed(tuple(topics), i))
+        if i % 29 == 0:
+            client.transport.write_error = BrokenPipeError()  # fails at the next flush
+        live.append(client)
+        if i % 4 == 0:
+            await next_turn()
+        if len(live) > 25:
+            oldest = live.popleft()
+            end(oldest, i)
+        assert channel.admission_window() <= 60
+    while live:
+        end(live.popleft(), 0)
+    await next_turn()
+
+    assert channel.footprint() == IDLE_FOOTPRINT
+    assert channel.state() == ChannelState("ticker", 0, 0, 0, 0)
+    assert channel.connections == frozenset()
+    assert channel.admission_window() == 60  # only the admissions of the last 60 s
+    assert h.value(CONNECTIONS) == cycles
+    disconnects = sum(
+        h.registry.get_sample_value(DISCONNECTS, {"channel": "ticker", "reason": reason}) or 0
+        for reason in ("client_closed", "internal_error")
+    )
+    assert disconnects == cycles
+    assert h.value(PUBLISHED) == cycles
+
+
+def test_admissions_older_than_a_minute_leave_the_window_at_the_next_admit() -> None:
+    h = make_channel(connections_per_minute=100)
+    for i in range(50):
+        h.channel.admit(f"10.0.0.{i}")
+        h.channel.release(f"10.0.0.{i}")
+    assert h.channel.admission_window() == 50
+
+    h.clock.advance(60.0)
+    h.channel.admit("10.0.1.1")
+    assert h.channel.admission_window() == 1
+    assert h.channel.footprint() == {**IDLE_FOOTPRINT, "admitting": 1, "addresses": 1}
+
+
+def test_admission_window_holds_only_entries_younger_than_60_seconds() -> None:
+    h = make_channel(connections_per_minute=100)
+    for i in range(50):
+        h.channel.admit(f"10.0.0.{i}")
+        h.channel.release(f"10.0.0.{i}")
+    h.clock.advance(59.9)
+    assert h.channel.admission_window() == 50
+
+    h.clock.advance(0.1)
+    assert h.channel.admission_window() == 0
+
+
+# -- closing -----------------------------------------------------------------------------------
+
+
+async def test_close_all_flushes_outboxes_then_closes_every_connection() -> None:
+    h = make_channel()
+    clients = [h.open(f"10.0.0.{i}") for i in range(3)]
+    for client in clients:
+        h.channel.subscribe(client.conn, ["BTC-USD", "*"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("ETH-USD", 1))
+
+    closed = h.channel.close_all(1001, "server shutting down", "shutdown")
+    assert closed == 3
+    for client in clients:
+        assert updates(client) == [("BTC-USD", 1), ("ETH-USD", 1)]
+        assert client.closer.calls == [(1001, "server shutting down")]
+        assert client.conn.closing
+    assert h.channel.connections == frozenset()
+    assert h.channel.state() == ChannelState("ticker", 0, 0, 0, 0)
+
+    await next_turn()  # the flush scheduled by the broadcasts has nothing left to write
+    assert all(len(client.transport.writes) == 1 for client in clients)
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+    assert h.value(SENT) == 6
+    assert h.value(FAILED, reason="shutdown") == 0
+    assert h.value(DISCONNECTS, reason="shutdown") == 3
+    assert h.channel.close_all(1001, "again", "shutdown") == 0
+
+
+async def test_close_writes_queued_frames_before_asking_to_close() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.send(client.conn, protocol.pong(3, 2.0))
+    seen_at_close: list[list[Any]] = []
+    client.conn.closer = lambda code, message: seen_at_close.append(client.messages())
+
+    h.channel.close(client.conn, 1008, "token expired", "token_expired")
+    h.channel.close(client.conn, 1008, "token expired", "token_expired")  # idempotent
+
+    assert len(seen_at_close) == 1
+    assert [m["type"] for m in seen_at_close[0]] == ["update", "pong"]
+    assert h.value(DISCONNECTS, reason="token_expired") == 1
+    assert h.value(SENT) == 2
+
+
+async def test_close_on_a_closing_transport_counts_the_queue_as_lost() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    client.transport.closing = True
+
+    h.channel.close(client.conn, 1001, "bye", "shutdown")
+    await next_turn()
+
+    assert client.transport.writes == []
+    assert client.closer.calls == [(1001, "bye")]
+    assert h.value(FAILED, reason="connection_lost") == 2
+    assert h.value(SENT) == 0
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+
+
+async def test_close_all_survives_a_transport_whose_write_raises() -> None:
+    h = make_channel()
+    clients = [h.open(f"10.0.0.{i}") for i in range(3)]
+    for client in clients:
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+        client.transport.write_error = ConnectionResetError("peer reset")
+    h.channel.broadcast(make_update("BTC-USD", 1))
+
+    assert h.channel.close_all(1001, "server shutting down", "shutdown") == 3
+    assert [client.closer.codes for client in clients] == [[1001], [1001], [1001]]
+    assert h.channel.connections == frozenset()
+    assert h.value(SENT) == 0
+    assert h.value(FAILED, reason="connection_lost") == 3
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+async def test_metrics_count_each_broadcast_once_and_each_written_frame() -> None:
+    h = make_channel()
+    btc = [h.open(f"10.0.0.{i}") for i in range(3)]
+    eth = h.open("10.0.1.1")
+    for client in btc:
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.subscribe(eth.conn, ["ETH-USD"])
+
+    for seq in range(1, 5):
+        assert h.channel.broadcast(make_update("BTC-USD", seq)) == 3
+    assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1
+    assert h.channel.broadcast(make_update("XRP-USD", 1)) == 0  # published, nobody listening
+    assert h.channel.broadcast(make_update("XRP-USD", 2)) == 0
+    assert h.value(PUBLISHED) == 7
+    assert h.value(SENT) == 0
+    await next_turn()
+
+    assert h.value(PUBLISHED) == 7
+    assert h.value(SENT) == 13
+    assert h.value("wsgateway_broadcast_duration_seconds_count") == 7
+    assert h.value(CONNECTIONS) == 4
+    for reason in ("slow_consumer", "connection_lost", "shutdown"):
+        assert h.value(FAILED, reason=reason) == 0
+    assert h.registry.get_sample_value(SENT, {"channel": "market"}) is None  # no other channel
+
+
+async def test_state_reports_queued_and_buffered_bytes() -> None:
+    h = make_channel()
+    client = h.open(transport=FakeTransport(buffer_size=300))
+    h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD"])
+    h.channel.broadcast(update_of_size(150, "BTC-USD"))
+    h.channel.broadcast(update_of_size(170, "ETH-USD"))
+
+    assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300 + 150 + 170)
+    await next_turn()
+    assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300)

@@ -1,0 +1,650 @@
+"""Unit tests for wsgateway.settings: defaults, layering, per-channel limits, validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wsgateway.errors import SettingsError
+from wsgateway.settings import (
+    DEFAULT_CHANNELS,
+    LIMIT_NAMES,
+    Limits,
+    Settings,
+    load_settings,
+)
+
+# The SPEC's "Rate limits and other limits" table.
+SPEC_LIMITS: dict[str, float] = {
+    "connections_per_minute": 60,
+    "messages_per_second": 100,
+    "max_connections": 10000,
+    "max_connections_per_ip": 100,
+    "max_topics": 100,
+    "max_message_size": 65536,
+    "max_outbox_bytes": 1048576,
+    "heartbeat": 20,
+}
+
+PUBLISH_TOKEN = "publish-token-Zq8v1XkP"
+JWT_SECRET = "jwt-secret-that-is-long-enough-4a9f0c2e"
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wsgateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def settings_error(**kwargs: Any) -> SettingsError:
+    with pytest.raises(SettingsError) as info:
+        load_settings(**kwargs)
+    return info.value
+
+
+# -- defaults ---------------------------------------------------------------------------------
+
+
+def test_limits_defaults_match_spec_table() -> None:
+    limits = Limits()
+    assert {name: getattr(limits, name) for name in LIMIT_NAMES} == SPEC_LIMITS
+    assert set(LIMIT_NAMES) == set(SPEC_LIMITS)
+
+
+def test_load_settings_without_layers_gives_defaults() -> None:
+    settings = load_settings()
+    assert settings == Settings()
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8080
+    assert settings.broker == "memory://"
+    assert settings.publish_token is None
+    assert settings.jwt_secret is None
+    assert settings.channels == ("market", "ticker", "orderbook", "trades", "user")
+    assert settings.channels == DEFAULT_CHANNELS
+    assert settings.defaults == Limits()
+    assert dict(settings.overrides) == {}
+    assert settings.demo is False
+    assert settings.log_level == "INFO"
+
+
+def test_limits_for_without_override_returns_defaults() -> None:
+    settings = load_settings()
+    for channel in DEFAULT_CHANNELS:
+        assert settings.limits_for(channel) == Limits()
+
+
+# -- layering: defaults < env < TOML < flags --------------------------------------------------
+
+
+def test_env_overrides_defaults() -> None:
+    settings = load_settings(
+        env={
+            "WSGATEWAY_HOST": "0.0.0.0",
+            "WSGATEWAY_PORT": "9001",
+            "WSGATEWAY_BROKER": "memory://",
+            "WSGATEWAY_PUBLISH_TOKEN": PUBLISH_TOKEN,
+            "WSGATEWAY_JWT_SECRET": JWT_SECRET,
+            "WSGATEWAY_CHANNELS": "ticker, trades",
+            "WSGATEWAY_LOG_LEVEL": "debug",
+            "WSGATEWAY_CONNECTIONS_PER_MINUTE": "30",
+            "WSGATEWAY_HEARTBEAT": "2.5",
+            "PATH": "/usr/bin",  # not ours: ignored
+            "HOME": "/root",
+        }
+    )
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 9001
+    assert settings.publish_token == PUBLISH_TOKEN
+    assert settings.jwt_secret == JWT_SECRET
+    assert settings.channels == ("ticker", "trades")
+    assert settings.log_level == "DEBUG"
+    assert settings.defaults == Limits(connections_per_minute=30, heartbeat=2.5)
+    assert settings.limits_for("ticker") == Limits(connections_per_minute=30, heartbeat=2.5)
+
+
+def test_env_config_variable_is_left_to_the_cli() -> None:
+    settings = load_settings(env={"WSGATEWAY_CONFIG": "/nonexistent/file.toml"})
+    assert settings == Settings()
+
+
+def test_toml_overrides_env(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        """
+host = "10.1.2.3"
+port = 9002
+log_level = "warning"
+
+[defaults]
+messages_per_second = 7
+""",
+    )
+    settings = load_settings(
+        env={
+            "WSGATEWAY_HOST": "0.0.0.0",
+            "WSGATEWAY_PORT": "9001",
+            "WSGATEWAY_MESSAGES_PER_SECOND": "5",
+            "WSGATEWAY_MAX_TOPICS": "3",
+        },
+        config_file=path,
+    )
+    assert settings.host == "10.1.2.3"
+    assert settings.port == 9002
+    assert settings.log_level == "WARNING"
+    # The file wins per key; env keys the file does not set survive.
+    assert settings.defaults == Limits(messages_per_second=7, max_topics=3)
+
+
+def test_flags_override_toml_and_none_means_not_given(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'host = "10.1.2.3"\nport = 9002\n')
+    settings = load_settings(
+        env={"WSGATEWAY_PORT": "9001"},
+        config_file=path,
+        flags={"port": 9003, "host": None, "broker": None, "demo": True},
+    )
+    assert settings.port == 9003
+    assert settings.host == "10.1.2.3"
+    assert settings.broker == "memory://"
+    assert settings.demo is True
+
+
+@pytest.mark.parametrize(
+    ("env_port", "toml_port", "flag_port", "expected"),
+    [
+        pytest.param(None, None, None, 8080, id="default"),
+        pytest.param("1111", None, None, 1111, id="env"),
+        pytest.param("1111", 2222, None, 2222, id="toml-over-env"),
+        pytest.param("1111", 2222, 3333, 3333, id="flag-over-toml"),
+        pytest.param(None, None, 3333, 3333, id="flag-over-default"),
+    ],
+)
+def test_port_layering(
+    tmp_path: Path,
+    env_port: str | None,
+    toml_port: int | None,
+    flag_port: int | None,
+    expected: int,
+) -> None:
+    env = {} if env_port is None else {"WSGATEWAY_PORT": env_port}
+    config = None if toml_port is None else write_toml(tmp_path, f"port = {toml_port}\n")
+    settings = load_settings(env=env, config_file=config, flags={"port": flag_port})
+    assert settings.port == expected
+
+
+def test_config_file_accepts_str_path(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = 9100\n")
+    assert load_settings(config_file=str(path)).port == 9100
+
+
+def test_full_example_file(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        f"""
+host = "127.0.0.1"
+port = 8080
+broker = "memory://"
+publish_token = "{PUBLISH_TOKEN}"
+jwt_secret = "{JWT_SECRET}"
+channels = ["market", "ticker", "orderbook", "trades", "user"]
+
+[defaults]
+connections_per_minute = 60
+messages_per_second = 100
+
+[channel.ticker]
+max_outbox_bytes = 262144
+""",
+    )
+    settings = load_settings(config_file=path)
+    assert settings.publish_token == PUBLISH_TOKEN
+    assert settings.jwt_secret == JWT_SECRET
+    assert settings.channels == DEFAULT_CHANNELS
+    assert settings.limits_for("ticker") == Limits(max_outbox_bytes=262144)
+    assert settings.limits_for("market") == Limits()
+
+
+# -- per-channel overrides --------------------------------------------------------------------
+
+
+def test_channel_table_overrides_one_channel_on_top_of_defaults(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        """
+channels = ["ticker", "trades"]
+
+[defaults]
+messages_per_second = 50
+max_topics = 10
+
+[channel.ticker]
+max_topics = 20
+heartbeat = 5
+""",
+    )
+    settings = load_settings(env={"WSGATEWAY_MAX_CONNECTIONS": "500"}, config_file=path)
+    defaults = Limits(messages_per_second=50, max_topics=10, max_connections=500)
+    assert settings.defaults == defaults
+    assert settings.limits_for("trades") == defaults
+    assert settings.limits_for("ticker") == dataclasses.replace(
+        defaults, max_topics=20, heartbeat=5.0
+    )
+    assert set(settings.overrides) == {"ticker"}
+
+
+def test_channels_table_form_is_accepted_without_a_channel_list(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        """
+[channels.ticker]
+max_outbox_bytes = 262144
+
+[channels.user]
+max_connections_per_ip = 3
+""",
+    )
+    settings = load_settings(config_file=path)
+    assert settings.channels == DEFAULT_CHANNELS
+    assert settings.limits_for("ticker") == Limits(max_outbox_bytes=262144)
+    assert settings.limits_for("user") == Limits(max_connections_per_ip=3)
+    assert settings.limits_for("market") == Limits()
+
+
+def test_limits_for_unknown_channel_returns_defaults() -> None:
+    settings = load_settings(env={"WSGATEWAY_MAX_TOPICS": "9"})
+    assert settings.limits_for("no-such-channel") == Limits(max_topics=9)
+
+
+def test_limit_values_given_as_numeric_strings_are_converted(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, '[defaults]\nmax_topics = "12"\nheartbeat = "1.5"\n')
+    limits = load_settings(config_file=path).defaults
+    assert limits.max_topics == 12
+    assert limits.heartbeat == 1.5
+
+
+def test_limit_minimums_are_accepted(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        """
+[defaults]
+connections_per_minute = 1
+messages_per_second = 1
+max_connections = 1
+max_connections_per_ip = 1
+max_topics = 1
+max_message_size = 128
+max_outbox_bytes = 1024
+heartbeat = 0.1
+""",
+    )
+    assert load_settings(config_file=path).defaults == Limits(
+        connections_per_minute=1,
+        messages_per_second=1,
+        max_connections=1,
+        max_connections_per_ip=1,
+        max_topics=1,
+        max_message_size=128,
+        max_outbox_bytes=1024,
+        heartbeat=0.1,
+    )
+
+
+def test_port_zero_and_max_are_accepted() -> None:
+    assert load_settings(flags={"port": 0}).port == 0
+    assert load_settings(env={"WSGATEWAY_PORT": "65535"}).port == 65535
+
+
+def test_empty_secret_means_unset() -> None:
+    settings = load_settings(env={"WSGATEWAY_PUBLISH_TOKEN": "", "WSGATEWAY_JWT_SECRET": ""})
+    assert settings.publish_token is None
+    assert settings.jwt_secret is None
+
+
+# -- bad values -------------------------------------------------------------------------------
+
+
+def assert_names(error: SettingsError, setting: str, value: object) -> None:
+    assert error.setting == setting
+    assert error.value == value
+    text = str(error)
+    assert setting in text
+    assert repr(value) in text
+    assert text.startswith(f"bad setting {setting}={value!r}: ")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["abc", "", "80.5", "-1", "65536", "0x50", "1e3", "99999999999999999999"],
+    ids=["word", "empty", "float", "negative", "too-big", "hex", "exponent", "huge"],
+)
+def test_bad_port_strings_from_env(value: str) -> None:
+    error = settings_error(env={"WSGATEWAY_PORT": value})
+    assert_names(error, "port", value)
+    assert "expected an integer from 0 to 65535" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("toml", "value"),
+    [
+        pytest.param("port = true", True, id="bool"),
+        pytest.param("port = 8080.0", 8080.0, id="float"),
+        pytest.param("port = 70000", 70000, id="out-of-range"),
+        pytest.param("port = -5", -5, id="negative"),
+        pytest.param("port = [8080]", [8080], id="list"),
+    ],
+)
+def test_bad_port_values_from_toml(tmp_path: Path, toml: str, value: object) -> None:
+    error = settings_error(config_file=write_toml(tmp_path, toml + "\n"))
+    assert_names(error, "port", value)
+
+
+def test_bad_port_flag() -> None:
+    assert_names(settings_error(flags={"port": "http"}), "port", "http")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        pytest.param("connections_per_minute", 0, "from 1 to 2147483647", id="cpm-zero"),
+        pytest.param("messages_per_second", -1, "from 1 to 2147483647", id="mps-negative"),
+        pytest.param("max_connections", 2**31, "from 1 to 2147483647", id="maxconn-too-big"),
+        pytest.param("max_connections_per_ip", 0, "from 1 to 2147483647", id="per-ip-zero"),
+        pytest.param("max_topics", True, "from 1 to 2147483647", id="topics-bool"),
+        pytest.param("max_message_size", 127, "from 128 to 2147483647", id="size-too-small"),
+        pytest.param("max_outbox_bytes", 1023, "from 1024 to 2147483647", id="outbox-too-small"),
+        pytest.param("max_outbox_bytes", 1.5, "from 1024 to 2147483647", id="outbox-float"),
+        pytest.param("heartbeat", 0, "number from 0.1 to 3600", id="heartbeat-zero"),
+        pytest.param("heartbeat", 3601, "number from 0.1 to 3600", id="heartbeat-too-big"),
+        pytest.param("heartbeat", False, "number from 0.1 to 3600", id="heartbeat-bool"),
+        pytest.param("heartbeat", "soon", "number from 0.1 to 3600", id="heartbeat-word"),
+        pytest.param("heartbeat", "nan", "number from 0.1 to 3600", id="heartbeat-nan"),
+    ],
+)
+def test_bad_default_limits_from_toml(
+    tmp_path: Path, name: str, value: object, allowed: str
+) -> None:
+    if isinstance(value, bool):
+        literal = "true" if value else "false"
+    else:
+        literal = f'"{value}"' if isinstance(value, str) else repr(value)
+    path = write_toml(tmp_path, f"[defaults]\n{name} = {literal}\n")
+    error = settings_error(config_file=path)
+    assert_names(error, name, value)
+    assert allowed in str(error)
+
+
+@pytest.mark.parametrize(
+    ("variable", "setting", "value"),
+    [
+        pytest.param("WSGATEWAY_MESSAGES_PER_SECOND", "messages_per_second", "0", id="mps-zero"),
+        pytest.param("WSGATEWAY_MAX_TOPICS", "max_topics", "ten", id="topics-word"),
+        pytest.param("WSGATEWAY_HEARTBEAT", "heartbeat", "-1", id="heartbeat-negative"),
+        pytest.param("WSGATEWAY_CONNECTIONS_PER_MINUTE", "connections_per_minute", "", id="empty"),
+    ],
+)
+def test_bad_limits_from_env(variable: str, setting: str, value: str) -> None:
+    assert_names(settings_error(env={variable: value}), setting, value)
+
+
+def test_bad_channel_override_names_the_channel_and_limit(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[channel.ticker]\nmax_topics = 0\n")
+    assert_names(settings_error(config_file=path), "channel.ticker.max_topics", 0)
+
+
+def test_bad_channels_table_override_names_the_channel_and_limit(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[channels.ticker]\nmax_message_size = 5\n")
+    error = settings_error(config_file=path)
+    assert error.value == 5
+    assert "ticker.max_message_size=5" in str(error)
+
+
+def test_unknown_toml_key(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'hots = "0.0.0.0"\n')
+    error = settings_error(config_file=path)
+    assert_names(error, "hots", "0.0.0.0")
+    assert "unknown key" in str(error)
+
+
+def test_channel_key_that_is_not_a_table_is_unknown(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'channel = "ticker"\n')
+    assert_names(settings_error(config_file=path), "channel", "ticker")
+
+
+@pytest.mark.parametrize(
+    ("toml", "setting", "value"),
+    [
+        pytest.param("[defaults]\nmax_topic = 5\n", "defaults.max_topic", 5, id="defaults"),
+        pytest.param(
+            "[channel.ticker]\nburst = 5\n", "channel.ticker.burst", 5, id="channel-table"
+        ),
+        pytest.param(
+            "[channels.trades]\nrate = 5\n", "channels.trades.rate", 5, id="channels-table"
+        ),
+    ],
+)
+def test_unknown_limit_name(tmp_path: Path, toml: str, setting: str, value: object) -> None:
+    error = settings_error(config_file=write_toml(tmp_path, toml))
+    assert_names(error, setting, value)
+    assert "unknown limit; allowed: " + ", ".join(LIMIT_NAMES) in str(error)
+
+
+def test_defaults_that_is_not_a_table(tmp_path: Path) -> None:
+    error = settings_error(config_file=write_toml(tmp_path, "defaults = 5\n"))
+    assert_names(error, "defaults", 5)
+
+
+def test_channel_override_that_is_not_a_table(tmp_path: Path) -> None:
+    error = settings_error(config_file=write_toml(tmp_path, "[channel]\nticker = 5\n"))
+    assert_names(error, "channel.ticker", 5)
+
+
+@pytest.mark.parametrize(
+    "variable", ["WSGATEWAY_PROT", "WSGATEWAY_DEMO", "WSGATEWAY_", "WSGATEWAY_DEFAULTS"]
+)
+def test_unknown_wsgateway_variable(variable: str) -> None:
+    error = settings_error(env={variable: "1"})
+    assert_names(error, variable, "1")
+    assert "unknown WSGATEWAY_* variable" in str(error)
+
+
+def test_override_for_unconfigured_channel(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'channels = ["ticker"]\n\n[channel.trades]\nmax_topics = 5\n')
+    error = settings_error(config_file=path)
+    assert error.setting == "channel.trades"
+    assert "channel.trades" in str(error)
+    assert "not a configured channel; configured: ticker" in str(error)
+
+
+def test_channels_table_override_for_unknown_channel(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[channels.options]\nmax_topics = 5\n")
+    error = settings_error(config_file=path)
+    assert "options" in str(error)
+    assert "not a configured channel" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("channels", "bad"),
+    [
+        pytest.param("Ticker", "Ticker", id="uppercase"),
+        pytest.param("1market", "1market", id="leading-digit"),
+        pytest.param("ticker,", "", id="empty-name"),
+        pytest.param("tick er", "tick er", id="space"),
+        pytest.param("a" * 33, "a" * 33, id="too-long"),
+        pytest.param("ticker,../etc", "../etc", id="path"),
+    ],
+)
+def test_bad_channel_names_from_env(channels: str, bad: str) -> None:
+    error = settings_error(env={"WSGATEWAY_CHANNELS": channels})
+    assert_names(error, "channels", bad)
+    assert "1-32 characters of a-z 0-9 _ -" in str(error)
+
+
+def test_longest_channel_name_is_accepted() -> None:
+    name = "a" * 32
+    assert load_settings(env={"WSGATEWAY_CHANNELS": name}).channels == (name,)
+
+
+@pytest.mark.parametrize(
+    ("toml", "value"),
+    [
+        pytest.param("channels = []", [], id="empty-list"),
+        pytest.param("channels = 5", 5, id="number"),
+    ],
+)
+def test_channel_list_that_is_not_a_non_empty_list(
+    tmp_path: Path, toml: str, value: object
+) -> None:
+    error = settings_error(config_file=write_toml(tmp_path, toml + "\n"))
+    assert_names(error, "channels", value)
+
+
+def test_non_string_channel_name_in_toml(tmp_path: Path) -> None:
+    error = settings_error(config_file=write_toml(tmp_path, 'channels = ["ticker", 7]\n'))
+    assert error.setting == "channels"
+    assert "channels='7'" in str(error)
+
+
+def test_duplicate_channels(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'channels = ["ticker", "trades", "ticker"]\n')
+    error = settings_error(config_file=path)
+    assert_names(error, "channels", ["ticker", "trades", "ticker"])
+    assert "unique" in str(error)
+
+
+def test_duplicate_channels_from_env_after_stripping() -> None:
+    error = settings_error(env={"WSGATEWAY_CHANNELS": "ticker, ticker"})
+    assert_names(error, "channels", "ticker, ticker")
+
+
+# Minimum lengths: publish_token 16; jwt_secret 32 (an HS256 key shorter than the hash is
+# weak, RFC 7518 3.2, and PyJWT warns on every check with it).
+SECRET_MINIMUM = {"publish_token": 16, "jwt_secret": 32}
+
+
+@pytest.mark.parametrize("setting", ["publish_token", "jwt_secret"])
+@pytest.mark.parametrize(
+    "secret",
+    ["s3cr3t!", "Q7", "Q7Z" * 5],
+    ids=["seven-chars", "two-chars", "fifteen-chars"],
+)
+def test_short_secret_is_refused_without_showing_it(setting: str, secret: str) -> None:
+    error = settings_error(flags={setting: secret})
+    assert error.setting == setting
+    assert error.value == "***"
+    assert secret not in str(error)
+    assert str(error) == (
+        f"bad setting {setting}='***': "
+        f"expected a string of at least {SECRET_MINIMUM[setting]} characters"
+    )
+
+
+@pytest.mark.parametrize("setting", ["publish_token", "jwt_secret"])
+def test_secret_one_short_of_the_minimum_is_refused(setting: str) -> None:
+    secret = "K9w" * 11
+    secret = secret[: SECRET_MINIMUM[setting] - 1]
+    error = settings_error(env={f"WSGATEWAY_{setting.upper()}": secret})
+    assert error.setting == setting
+    assert secret not in str(error)
+
+
+@pytest.mark.parametrize("setting", ["publish_token", "jwt_secret"])
+def test_secret_of_minimum_length_is_accepted(setting: str) -> None:
+    secret = ("K9w" * 11)[: SECRET_MINIMUM[setting]]
+    assert getattr(load_settings(flags={setting: secret}), setting) == secret
+
+
+def test_non_string_secret_from_toml_is_refused(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "publish_token = 12345678901234567890\n")
+    error = settings_error(config_file=path)
+    assert error.setting == "publish_token"
+    assert "12345678901234567890" not in str(error)
+
+
+def test_secret_error_from_toml_hides_the_value(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'jwt_secret = "too-short-jwt-secret"\n')
+    error = settings_error(config_file=path)
+    assert error.setting == "jwt_secret"
+    assert "too-short-jwt-secret" not in str(error)
+
+
+@pytest.mark.parametrize("level", ["verbose", "TRACE", "critical"])
+def test_bad_log_level(level: str) -> None:
+    error = settings_error(env={"WSGATEWAY_LOG_LEVEL": level})
+    assert error.setting == "log_level"
+    assert level.upper() in str(error)
+    assert "allowed: DEBUG, INFO, WARNING, ERROR" in str(error)
+
+
+def test_empty_host_is_refused() -> None:
+    assert_names(settings_error(env={"WSGATEWAY_HOST": ""}), "host", "")
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    error = settings_error(config_file=path)
+    assert_names(error, "config", str(path))
+    assert "cannot read the file" in str(error)
+
+
+def test_config_file_that_is_a_directory(tmp_path: Path) -> None:
+    error = settings_error(config_file=tmp_path)
+    assert_names(error, "config", str(tmp_path))
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "port = = 8080\n")
+    error = settings_error(config_file=path)
+    assert_names(error, "config", str(path))
+    assert "not valid TOML" in str(error)
+
+
+def test_channel_list_and_channels_table_together_is_invalid_toml(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, 'channels = ["ticker"]\n\n[channels.ticker]\nmax_topics = 5\n')
+    error = settings_error(config_file=path)
+    assert error.setting == "config"
+    assert "not valid TOML" in str(error)
+
+
+@pytest.mark.parametrize(
+    "broker", ["redis://localhost:6379/0", "rediss://cache:6380/1", "kafka://x", "memory"]
+)
+def test_non_memory_broker_is_refused(broker: str) -> None:
+    error = settings_error(flags={"broker": broker})
+    assert_names(error, "broker", broker)
+    assert "memory://" in str(error)
+
+
+def test_redis_broker_from_env_is_refused() -> None:
+    assert_names(
+        settings_error(env={"WSGATEWAY_BROKER": "redis://r:6379/0"}),
+        "broker",
+        "redis://r:6379/0",
+    )
+
+
+# -- secrets stay out of repr ----------------------------------------------------------------
+
+
+def test_repr_hides_secrets() -> None:
+    settings = load_settings(flags={"publish_token": PUBLISH_TOKEN, "jwt_secret": JWT_SECRET})
+    text = repr(settings)
+    assert PUBLISH_TOKEN not in text
+    assert JWT_SECRET not in text
+    assert "publish_token='***'" in text
+    assert "jwt_secret='***'" in text
+    assert str(settings) == text
+    assert "port=8080" in text
+
+
+def test_repr_shows_unset_secrets_as_none() -> None:
+    text = repr(Settings())
+    assert "publish_token=None" in text
+    assert "jwt_secret=None" in text
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.port = 1  # type: ignore[misc]
