@@ -48,6 +48,7 @@ class Channel:
         metrics: ChannelMetrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -55,6 +56,7 @@ class Channel:
         self.private = name in PRIVATE_CHANNELS
         self.draining = False
         self._clock = clock
+        self._wall_clock = wall_clock  # the clock of Update.ts, for delivery latency
         self._connections: set[Connection] = set()
         self._topics: dict[str, set[Connection]] = {}
         self._wildcard: set[Connection] = set()
@@ -63,6 +65,9 @@ class Channel:
         self._admissions = SlidingWindow(limits.connections_per_minute, 60.0)
         self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
         self._dirty: list[Connection] = []
+        # Publish times of the updates queued this loop turn: the flush observes their
+        # delivery latency once per update, not once per delivery.
+        self._queued_ts: list[float] = []
         self._flush_handle: asyncio.Handle | None = None
 
     # -- admission ------------------------------------------------------------------------
@@ -220,7 +225,11 @@ class Channel:
         queued = self._enqueue(subscribers, frame) if subscribers else 0
         if self._wildcard:
             queued += self._enqueue(self._wildcard, frame)
-        self.metrics.broadcast_duration.observe(time.perf_counter() - started)
+        if queued:
+            self._queued_ts.append(update.ts)
+        metrics = self.metrics
+        metrics.message_size.observe(len(frame))
+        metrics.broadcast_duration.observe(time.perf_counter() - started)
         return queued
 
     def _enqueue(self, connections: Iterable[Connection], frame: bytes) -> int:
@@ -282,6 +291,12 @@ class Channel:
             self.metrics.sent.inc(sent)
         if lost:
             self.metrics.failed["connection_lost"].inc(lost)
+        if self._queued_ts:
+            written_at = self._wall_clock()
+            observe = self.metrics.delivery_latency.observe
+            for published_at in self._queued_ts:
+                observe(max(0.0, written_at - published_at))
+            self._queued_ts.clear()
 
     def _drop_slow_consumer(self, conn: Connection) -> None:
         if conn.closing:

@@ -244,6 +244,10 @@ def _ws_url(url: str) -> str:
     return "ws" + url[4:] if url.startswith("http") else url
 
 
+def _milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f}"
+
+
 def format_metrics(view: dict[str, Any]) -> str:
     """The metrics view as a table for a terminal."""
     rate = view["overall_success_rate"]
@@ -265,6 +269,9 @@ def format_metrics(view: dict[str, Any]) -> str:
         "errors",
         "rejected",
         "success",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
         "last error",
     )
     rows = [header]
@@ -281,6 +288,7 @@ def format_metrics(view: dict[str, Any]) -> str:
                 str(m["errors"]),
                 str(sum(m["rejected"].values())),
                 "-" if m["success_rate"] is None else f"{m['success_rate']:.2%}",
+                *(_milliseconds(m["latency_seconds"][p]) for p in ("p50", "p90", "p99")),
                 "-" if last is None else last["type"],
             )
         )

@@ -42,7 +42,9 @@ class Gateway:
         self.clock = clock
         self.metrics = GatewayMetrics(registry, clock)
         self.channels: dict[str, Channel] = {
-            name: Channel(name, settings.limits_for(name), self.metrics.for_channel(name))
+            name: Channel(
+                name, settings.limits_for(name), self.metrics.for_channel(name), wall_clock=clock
+            )
             for name in settings.channels
         }
         registry.register(

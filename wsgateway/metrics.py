@@ -59,6 +59,27 @@ CLIENT_ERROR_CODES = (
 )
 RATE_LIMITS = ("connections_per_minute", "messages_per_second")
 # Broadcast duration: tens of microseconds (few subscribers) to a second (a stalled loop).
+# Delivery latency, publish to socket write: sub-millisecond when healthy, seconds when not.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+# Update frame sizes: a ticker (~150 B) to an order-book snapshot (hundreds of KB).
+SIZE_BUCKETS = (64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144, 1048576)
+LATENCY_QUANTILES = (0.5, 0.9, 0.99)
 DURATION_BUCKETS = (
     0.00005,
     0.0001,
@@ -98,6 +119,8 @@ class ChannelMetrics:
         self.sent = metrics.sent.labels(channel)
         self.slow_consumers = metrics.slow_consumers.labels(channel)
         self.broadcast_duration = metrics.broadcast_duration.labels(channel)
+        self.delivery_latency = metrics.delivery_latency.labels(channel)
+        self.message_size = metrics.message_size.labels(channel)
         self.rejected = {r: metrics.rejected.labels(channel, r) for r in REJECT_REASONS}
         self.failed = {r: metrics.failed.labels(channel, r) for r in FAIL_REASONS}
         self.errors = {t: metrics.errors.labels(channel, t) for t in ERROR_TYPES}
@@ -207,6 +230,20 @@ class GatewayMetrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.delivery_latency = Histogram(
+            "wsgateway_delivery_latency_seconds",
+            "Time from publish to the write of the update to its subscribers' sockets",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.message_size = Histogram(
+            "wsgateway_message_size_bytes",
+            "Size of each update frame fanned out",
+            ["channel"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
         ProcessCollector(registry=r)
 
     def for_channel(self, channel: str) -> ChannelMetrics:
@@ -282,9 +319,35 @@ def _samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str],
             yield sample.name, sample.labels, sample.value
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
 def _rate(sent: float, failed: float) -> float | None:
     attempted = sent + failed
     return None if attempted == 0 else round(sent / attempted, 6)
+
+
+def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile of cumulative ``(upper bound, count)`` buckets, as PromQL's
+    ``histogram_quantile`` computes it: linear within the bucket that holds the rank; the
+    highest finite bound when the rank falls in ``+Inf``; None with no observations."""
+    ordered = sorted(buckets)
+    if not ordered or ordered[-1][1] == 0:
+        return None
+    rank = q * ordered[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in ordered:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count
+            )
+        lower_bound, lower_count = bound, count
+    return lower_bound
 
 
 def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) -> dict[str, Any]:
@@ -326,6 +389,7 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
     }
     start_time = now
     broker_connected = False
+    latency_buckets: dict[str, list[tuple[float, float]]] = {name: [] for name in channels}
     for name, labels, value in _samples(registry):
         if name == "wsgateway_start_time_seconds":
             start_time = value
@@ -341,6 +405,8 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
         elif name == "wsgateway_limit":
             setting = labels["setting"]
             channel["limits"][setting] = value if setting == "heartbeat" else int(value)
+        elif name == "wsgateway_delivery_latency_seconds_bucket":
+            latency_buckets[labels["channel"]].append((float(labels["le"]), value))
         elif name == "wsgateway_last_error_timestamp_seconds" and value > 0:
             last = channel["last_error"]
             if last is None or value > last["timestamp"]:
@@ -351,6 +417,10 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
         channel["success_rate"] = _rate(channel["messages_sent"], channel["messages_failed"])
         channel["uptime"] = uptime
         channel["rate_limits"] = {k: channel["limits"].get(k) for k in RATE_LIMITS[::-1]}
+    for name, buckets in latency_buckets.items():
+        per[name]["latency_seconds"] = {
+            f"p{round(q * 100)}": _round(histogram_quantile(q, buckets)) for q in LATENCY_QUANTILES
+        }
     sent = sum(c["messages_sent"] for c in per.values())
     failed = sum(c["messages_failed"] for c in per.values())
     return {
