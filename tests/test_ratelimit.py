@@ -232,3 +232,12 @@ def test_log_throttle_keys_are_independent() -> None:
 def test_log_throttle_first_line_always_passes(interval: float) -> None:
     throttle = LogThrottle(interval=interval)
     assert throttle.allow("k", -1000.0) == 0
+
+
+def test_log_throttle_note_says_how_many_lines_it_held_back() -> None:
+    throttle = LogThrottle(10.0)
+    assert throttle.note("capacity", 0.0) == ""
+    assert throttle.note("capacity", 1.0) is None
+    assert throttle.note("capacity", 2.0) is None
+    assert throttle.note("capacity", 10.0) == " (2 more since the last line)"
+    assert throttle.note("ip_limit", 10.0) == ""

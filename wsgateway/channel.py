@@ -107,9 +107,8 @@ class Channel:
     def reject(self, rejection: Rejected) -> None:
         """Count a refused upgrade and log it, at most one line per reason per interval."""
         self.metrics.rejected[rejection.reason].inc()
-        held = self._log_throttle.allow(rejection.reason, self._clock())
-        if held is not None:
-            more = f" ({held} more since the last line)" if held else ""
+        more = self._log_throttle.note(rejection.reason, self._clock())
+        if more is not None:
             log.warning("rejected connection on %s: %s%s", self.name, rejection.reason, more)
 
     def release(self, address: str) -> None:

@@ -16,10 +16,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .brokers import Broker, Message
-from .channel import Channel
+from .channel import REJECTION_LOG_INTERVAL, Channel
 from .errors import BrokerUnavailable
 from .metrics import GatewayMetrics, StateCollector, to_json
 from .protocol import parse_publish
+from .ratelimit import LogThrottle
 from .settings import Settings
 
 log = logging.getLogger("wsgateway")
@@ -56,6 +57,7 @@ class Gateway:
         )
         self.draining = False
         self.relay_failure: str | None = None
+        self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
 
     # -- the Python API -----------------------------------------------------------------------
 
@@ -97,6 +99,14 @@ class Gateway:
             self.relay_failure = f"relay loop crashed: {type(exc).__name__}"
             log.exception("the relay loop crashed; the gateway is no longer ready")
             raise
+
+    def reject_unknown_channel(self) -> None:
+        """Count an upgrade for a channel that is not configured, and log it (throttled;
+        the requested name stays out of the log and the labels: it is the client's text)."""
+        self.metrics.unknown_channel.inc()
+        more = self._log_throttle.note("unknown_channel", time.monotonic())
+        if more is not None:
+            log.warning("rejected connection: unknown_channel%s", more)
 
     def readiness(self) -> str | None:
         """None when ready to serve; else the reason it is not."""

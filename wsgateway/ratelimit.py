@@ -139,3 +139,11 @@ class LogThrottle:
             return None
         self._next[key] = now + self._interval
         return self._held.pop(key, 0)
+
+    def note(self, key: str, now: float) -> str | None:
+        """Like :meth:`allow`, as text for the log line: ``None`` (stay quiet), ``""``, or
+        ``" (N more since the last line)"``."""
+        held = self.allow(key, now)
+        if held is None:
+            return None
+        return f" ({held} more since the last line)" if held else ""

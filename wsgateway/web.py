@@ -72,7 +72,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     address = request.remote or "unknown"
     try:
         if channel is None:
-            gateway.metrics.unknown_channel.inc()
+            gateway.reject_unknown_channel()
             raise UnknownChannel(
                 f"no channel {name[:64]!r}; channels: " + ", ".join(gateway.channels)
             )
