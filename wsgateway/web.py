@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -349,7 +350,22 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"ready": False, "reason": reason}, 503)
 
 
+#: The operator's status page (``static/status.html``): one self-contained file, read once.
+STATUS_PAGE = (resources.files("wsgateway") / "static" / "status.html").read_bytes()
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """``GET /``: the live status page; it polls ``/api/ws/metrics`` from the browser."""
+    return web.Response(
+        body=STATUS_PAGE,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 async def index(request: web.Request) -> web.Response:
+    """``GET /api``: a JSON index of the channels and endpoints."""
     gateway = request.app[GATEWAY]
     return json_response(
         {
@@ -361,7 +377,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", index)
+    app.router.add_get("/", status_page)
+    app.router.add_get("/api", index)
     app.router.add_get("/ws/{channel}", websocket)
     app.router.add_post("/api/publish", publish)
     app.router.add_get("/metrics", prometheus_metrics)
