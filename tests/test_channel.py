@@ -284,6 +284,26 @@ async def test_a_burst_in_one_turn_is_one_write_per_connection_in_seq_order() ->
     assert h.value(SENT) == 18
 
 
+async def test_a_write_delay_holds_the_flush_and_batches_later_turns() -> None:
+    h = make_channel(write_delay=0.02)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    loop = asyncio.get_running_loop()
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    scheduled = h.channel._flush_handle
+    assert isinstance(scheduled, asyncio.TimerHandle)
+    assert scheduled.when() - loop.time() == pytest.approx(0.02, abs=0.01)
+    await next_turn()
+    h.channel.broadcast(make_update("BTC-USD", 2))  # a later turn joins the pending flush
+    assert client.transport.writes == []
+    assert h.channel._flush_handle is scheduled
+    done = loop.create_future()
+    loop.call_at(scheduled.when(), done.set_result, None)  # runs right after the flush
+    await done
+    assert len(client.transport.writes) == 1
+    assert seqs(client) == [1, 2]
+
+
 async def test_replies_keep_their_order_relative_to_updates() -> None:
     h = make_channel()
     client = h.open()

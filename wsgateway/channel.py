@@ -255,7 +255,13 @@ class Channel:
                 conn.scheduled = True
                 dirty.append(conn)
         if dirty and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            delay = self.limits.write_delay
+            # Default: flush at the end of this loop turn. A write delay trades a few ms of
+            # latency for fewer, larger writes under bursts.
+            self._flush_handle = (
+                loop.call_later(delay, self.flush) if delay else loop.call_soon(self.flush)
+            )
         for conn in slow:
             self._drop_slow_consumer(conn)
         return queued

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from .settings import Limits
+from .settings import FLOAT_LIMITS, Limits
 
 # Closed label sets. Pre-created at start so every series exists (at 0) from the first scrape.
 REJECT_REASONS = (
@@ -404,7 +404,7 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
             channel["rejected"][labels["reason"]] = int(value)
         elif name == "wsgateway_limit":
             setting = labels["setting"]
-            channel["limits"][setting] = value if setting == "heartbeat" else int(value)
+            channel["limits"][setting] = value if setting in FLOAT_LIMITS else int(value)
         elif name == "wsgateway_delivery_latency_seconds_bucket":
             latency_buckets[labels["channel"]].append((float(labels["le"]), value))
         elif name == "wsgateway_last_error_timestamp_seconds" and value > 0:

@@ -33,6 +33,8 @@ class Limits:
     max_message_size: int = 65_536
     max_outbox_bytes: int = 1_048_576
     heartbeat: float = 20.0
+    #: seconds to hold writes so more frames share one system call (0: write every loop turn)
+    write_delay: float = 0.0
 
 
 LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
@@ -46,7 +48,11 @@ _LIMIT_MINIMUM: dict[str, float] = {
     "max_message_size": 128,
     "max_outbox_bytes": 1024,
     "heartbeat": 0.1,
+    "write_delay": 0.0,
 }
+# Limits measured in (fractions of) seconds; the others are whole numbers.
+_LIMIT_MAXIMUM_SECONDS = {"heartbeat": 3600.0, "write_delay": 0.05}
+FLOAT_LIMITS = frozenset(_LIMIT_MAXIMUM_SECONDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +212,10 @@ def _limits(where: str, base: Limits, values: Mapping[str, Any]) -> Limits:
     checked: dict[str, Any] = {}
     for name, value in values.items():
         setting = name if where == "defaults" else f"{where}.{name}"
-        if name == "heartbeat":
-            checked[name] = _number(setting, value, _LIMIT_MINIMUM[name], 3600)
+        if name in FLOAT_LIMITS:
+            checked[name] = _number(
+                setting, value, _LIMIT_MINIMUM[name], _LIMIT_MAXIMUM_SECONDS[name]
+            )
         else:
             checked[name] = _integer(setting, value, int(_LIMIT_MINIMUM[name]), 2**31 - 1)
     return dataclasses.replace(base, **checked)
@@ -251,7 +259,7 @@ def _number(setting: str, value: object, low: float, high: float) -> float:
         except ValueError:
             number = None
     if number is None or not low <= number <= high:
-        raise SettingsError(setting, value, f"expected a number from {low} to {high}")
+        raise SettingsError(setting, value, f"expected a number from {low:g} to {high:g}")
     return number
 
 
