@@ -159,7 +159,7 @@ class Channel:
         if len(conn.topics) + len(new) > self.limits.max_topics:
             raise TooManyTopics(f"at most {self.limits.max_topics} topics per connection")
         for topic in new:
-            conn.topics.add(topic)
+            conn.add_topic(topic)
             if topic == protocol.WILDCARD:
                 self._subscribe_all(conn)
             elif not conn.all_topics:
@@ -190,7 +190,7 @@ class Channel:
 
     def _drop_subscriptions(self, conn: Connection, topics: Iterable[str]) -> None:
         for topic in topics:
-            conn.topics.discard(topic)
+            conn.discard_topic(topic)
             if topic == protocol.WILDCARD:
                 conn.all_topics = False
                 self._wildcard.discard(conn)

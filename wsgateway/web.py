@@ -15,7 +15,7 @@ from aiohttp.http_websocket import WebSocketError
 from prometheus_client import exposition
 
 from . import protocol
-from .auth import bearer_token, check_publisher, verify_user_token
+from .auth import Identity, bearer_token, check_publisher, verify_user_token
 from .channel import Channel
 from .connection import Connection
 from .errors import (
@@ -66,11 +66,93 @@ class AccessLogger(AbstractAccessLogger):
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """``GET /ws/{channel}``: admission before the upgrade, then the client's session."""
+    """``GET /ws/{channel}``: admission before the upgrade, then the client's session.
+
+    The session loop is written out here rather than in a helper coroutine: this frame lives
+    as long as the connection, and a second one would cost ~300 bytes per idle client.
+    """
+    admitted = _admit(request)
+    if isinstance(admitted, web.Response):
+        return admitted
+    gateway, channel, ws, identity = admitted
+    address = request.remote or "unknown"
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        channel.release(address)
+        raise
+    transport = request.transport
+    if transport is None:  # the peer vanished during the handshake
+        channel.release(address)
+        return ws
+
+    closer = _Closer(ws, transport, request.app[CLOSING])
+    conn = channel.open(transport, closer, address, identity.user if identity else None)
+    expiry = None
+    if identity is not None and identity.expires is not None:
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, identity.expires - gateway.clock()),
+            channel.close,
+            conn,
+            PolicyViolation.close_code,
+            "token expired",
+            "token_expired",
+        )
+    reason = "internal_error"
+    max_topics = channel.limits.max_topics
+    received = channel.metrics.received
+    try:
+        while True:
+            msg = await ws.receive()
+            kind = msg.type
+            if kind is WSMsgType.TEXT:
+                received.inc()
+                now = time.monotonic()
+                if not conn.bucket.try_take(now):
+                    await _rate_limited(channel, conn, msg.data, now)
+                    continue
+                try:
+                    _answer(gateway, channel, conn, protocol.parse_request(msg.data, max_topics))
+                except ClientError as exc:
+                    _reply_error(channel, conn, exc)
+            elif kind is WSMsgType.BINARY:
+                received.inc()
+                raise UnsupportedData("binary frames are not supported: send JSON text frames")
+            elif kind is WSMsgType.ERROR:
+                reason = _classify_failure(channel, msg.data)
+                break
+            else:  # CLOSE, CLOSING, CLOSED: the client ended the session (or we are closing
+                # it, in which case the close already recorded its own reason)
+                reason = "client_closed"
+                break
+    except CloseConnection as exc:
+        reason = exc.reason
+        channel.close(conn, exc.close_code, exc.message, exc.reason)
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the socket goes away under it: a missed
+        # heartbeat pong (aiohttp closed the transport) or the peer vanishing.
+        reason = _classify_failure(channel, ws.exception()) if not conn.closing else reason
+        raise
+    except Exception:
+        log.exception("unexpected error serving a client of %s", channel.name)
+        channel.metrics.error("internal")
+        channel.close(conn, WSCloseCode.INTERNAL_ERROR, "internal error", "internal_error")
+    finally:
+        if expiry is not None:
+            expiry.cancel()
+        channel.remove(conn, reason)  # no-op when a close above already removed it
+    if closer.task is not None:
+        await asyncio.shield(closer.task)
+    return ws
+
+
+def _admit(
+    request: web.Request,
+) -> web.Response | tuple[Gateway, Channel, web.WebSocketResponse, Identity | None]:
+    """Every check before the upgrade; a refusal comes back as the HTTP answer to send."""
     gateway = request.app[GATEWAY]
     name = request.match_info["channel"]
     channel = gateway.channels.get(name)
-    address = request.remote or "unknown"
     try:
         if channel is None:
             gateway.reject_unknown_channel()
@@ -88,7 +170,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             rejection = Rejected("expected a WebSocket upgrade request")
             channel.reject(rejection)
             raise rejection
-        user = identity = None
+        identity = None
         if channel.private:
             try:
                 token = request.query.get("token") or bearer_token(
@@ -98,95 +180,39 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             except Rejected as rejection:
                 channel.reject(rejection)
                 raise
-            user = identity.user
-        channel.admit(address)
+        channel.admit(request.remote or "unknown")
     except Rejected as rejection:
         return _rejection_response(rejection)
+    return gateway, channel, ws, identity
 
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        channel.release(address)
-        raise
-    transport = request.transport
-    if transport is None:  # the peer vanished during the handshake
-        channel.release(address)
-        return ws
 
-    # Closes started outside this handler (slow consumer, shutdown, token expiry) run as
-    # tasks; the handler waits for its own before returning, shutdown waits for all.
-    closing = request.app[CLOSING]
-    own_close: list[asyncio.Task[None]] = []
+class _Closer:
+    """Closes one client from outside its handler (slow consumer, shutdown, token expiry).
 
-    def closer(code: int, message: str) -> None:
-        task = asyncio.get_running_loop().create_task(_close(ws, transport, code, message))
-        own_close.append(task)
-        closing.add(task)
-        task.add_done_callback(closing.discard)
+    The close runs as a task; the handler awaits it before returning, and shutdown awaits
+    every one in ``closing``. A small object rather than a closure: one per connection.
+    """
 
-    conn = channel.open(transport, closer, address, user)
-    expiry = None
-    if identity is not None and identity.expires is not None:
-        expiry = asyncio.get_running_loop().call_later(
-            max(0.0, identity.expires - gateway.clock()),
-            channel.close,
-            conn,
-            PolicyViolation.close_code,
-            "token expired",
-            "token_expired",
+    __slots__ = ("closing", "task", "transport", "ws")
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport,
+        closing: set[asyncio.Task[None]],
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.closing = closing
+        self.task: asyncio.Task[None] | None = None
+
+    def __call__(self, code: int, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            _close(self.ws, self.transport, code, message)
         )
-    reason = "internal_error"
-    try:
-        reason = await _session(gateway, channel, conn, ws)
-    except CloseConnection as exc:
-        reason = exc.reason
-        channel.close(conn, exc.close_code, exc.message, exc.reason)
-    except asyncio.CancelledError:
-        # aiohttp cancels the handler when the socket goes away under it: a missed
-        # heartbeat pong (aiohttp closed the transport) or the peer vanishing.
-        reason = _classify_failure(channel, ws.exception()) if not conn.closing else reason
-        raise
-    except Exception:
-        log.exception("unexpected error serving a client of %s", channel.name)
-        channel.metrics.error("internal")
-        channel.close(conn, WSCloseCode.INTERNAL_ERROR, "internal error", "internal_error")
-    finally:
-        if expiry is not None:
-            expiry.cancel()
-        channel.remove(conn, reason)  # no-op when a close above already removed it
-    for task in own_close:
-        await asyncio.shield(task)
-    return ws
-
-
-async def _session(
-    gateway: Gateway, channel: Channel, conn: Connection, ws: web.WebSocketResponse
-) -> str:
-    """Read and answer the client's frames; returns why the session ended."""
-    limits = channel.limits
-    received = channel.metrics.received
-    monotonic = time.monotonic
-    while True:
-        msg = await ws.receive()
-        kind = msg.type
-        if kind is WSMsgType.TEXT:
-            received.inc()
-            now = monotonic()
-            if not conn.bucket.try_take(now):
-                await _rate_limited(channel, conn, msg.data, now)
-                continue
-            try:
-                _answer(gateway, channel, conn, protocol.parse_request(msg.data, limits.max_topics))
-            except ClientError as exc:
-                _reply_error(channel, conn, exc)
-        elif kind is WSMsgType.BINARY:
-            received.inc()
-            raise UnsupportedData("binary frames are not supported: send JSON text frames")
-        elif kind is WSMsgType.ERROR:
-            return _classify_failure(channel, msg.data)
-        else:  # CLOSE, CLOSING, CLOSED: the client ended the session (or we are closing it,
-            # in which case the close already recorded its own reason)
-            return "client_closed"
+        self.task = task
+        self.closing.add(task)
+        task.add_done_callback(self.closing.discard)
 
 
 def _answer(
@@ -218,7 +244,7 @@ def _reply_error(channel: Channel, conn: Connection, exc: ClientError, **extra: 
 async def _rate_limited(channel: Channel, conn: Connection, text: str, now: float) -> None:
     """Refuse a frame over the rate limit, then stop reading from the client for a while."""
     channel.metrics.rate_limit_hits["messages_per_second"].inc()
-    if conn.strikes.strike(now):
+    if conn.strike(now):
         raise PolicyViolation("rate limit exceeded again and again")
     try:
         request_id = protocol.parse_request(text, channel.limits.max_topics).id
