@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from . import protocol
 from .brokers.base import Update
@@ -231,29 +231,28 @@ class Channel:
         metrics.broadcast_duration.observe(time.perf_counter() - started)
         return queued
 
-    def _enqueue(self, connections: Iterable[Connection], frame: bytes) -> int:
+    def _enqueue(self, connections: Collection[Connection], frame: bytes) -> int:
+        # The hot loop: runs once per delivery, so it does as little as it can.
         size = len(frame)
-        limit = self.limits.max_outbox_bytes
+        budget = self.limits.max_outbox_bytes - size
         dirty = self._dirty
         slow: list[Connection] = []
-        queued = 0
         for conn in connections:
             # Re-read the real buffer only near the limit (the cached backlog may be stale).
             # A client with nothing queued always takes one frame, however large: it is not
             # slow, the message is big.
             if (
-                conn.outbox_bytes + conn.backlog + size > limit
+                conn.outbox_bytes + conn.backlog > budget
                 and (pending := conn.pending_bytes())
-                and pending + size > limit
+                and pending > budget
             ):
                 slow.append(conn)
                 continue
-            conn.outbox.append(frame)
-            conn.outbox_bytes += size
-            queued += 1
-            if not conn.scheduled:
-                conn.scheduled = True
+            outbox = conn.outbox
+            if not outbox:  # first frame this turn: the flush must visit this connection
                 dirty.append(conn)
+            outbox.append(frame)
+            conn.outbox_bytes += size
         if dirty and self._flush_handle is None:
             loop = asyncio.get_running_loop()
             delay = self.limits.write_delay
@@ -262,6 +261,7 @@ class Channel:
             self._flush_handle = (
                 loop.call_later(delay, self.flush) if delay else loop.call_soon(self.flush)
             )
+        queued = len(connections) - len(slow)  # before the drops shrink `connections`
         for conn in slow:
             self._drop_slow_consumer(conn)
         return queued
@@ -272,19 +272,19 @@ class Channel:
         dirty, self._dirty = self._dirty, []
         sent = lost = 0
         for conn in dirty:
-            conn.scheduled = False
             outbox = conn.outbox
-            if not outbox:
-                continue
             count = len(outbox)
-            conn.outbox = []
+            if not count:  # emptied by a close since it was queued, or listed twice
+                continue
+            data = outbox[0] if count == 1 else b"".join(outbox)
+            outbox.clear()
             conn.outbox_bytes = 0
             transport = conn.transport
             if transport.is_closing():
                 lost += count
                 continue
             try:
-                transport.write(outbox[0] if count == 1 else b"".join(outbox))
+                transport.write(data)
             except Exception:  # a transport that fails to write: the peer is gone
                 log.debug("write to a client of %s failed", self.name, exc_info=True)
                 lost += count

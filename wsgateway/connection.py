@@ -46,7 +46,6 @@ class Connection:
         "closing",
         "outbox",
         "outbox_bytes",
-        "scheduled",
         "transport",
         "user",
     )
@@ -76,7 +75,6 @@ class Connection:
         self.outbox_bytes = 0
         #: bytes the transport still held after the last flush (the kernel would not take them)
         self.backlog = 0
-        self.scheduled = False
         self.closing = False
         self.bucket = TokenBucket(messages_per_second, messages_per_second, now)
         # Only a client that broke the rate limit needs a strike window (~900 bytes).
