@@ -16,6 +16,7 @@ import pytest
 
 from wsgateway import protocol
 from wsgateway.brokers.base import Update
+from wsgateway.channel import HOLD_BYTES, HOLD_RETRY_SECONDS
 from wsgateway.errors import (
     ChannelFull,
     ConnectionRateLimited,
@@ -54,6 +55,7 @@ IDLE_FOOTPRINT = {
     "wildcard": 0,
     "addresses": 0,
     "dirty": 0,
+    "held": 0,
 }
 
 
@@ -302,6 +304,40 @@ async def test_a_write_delay_holds_the_flush_and_batches_later_turns() -> None:
     await done
     assert len(client.transport.writes) == 1
     assert seqs(client) == [1, 2]
+
+
+async def test_a_lagging_client_keeps_shared_frames_until_its_transport_drains() -> None:
+    h = make_channel()
+    lagging, fast = h.open("10.0.0.1"), h.open("10.0.0.2")
+    for client in (lagging, fast):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    lagging.transport.buffer_size = HOLD_BYTES + 1  # the kernel stopped taking its bytes
+    await next_turn()
+    assert len(lagging.transport.writes) == 1
+
+    frames = [make_update("BTC-USD", seq) for seq in (2, 3)]
+    for update in frames:
+        h.channel.broadcast(update)
+    await next_turn()
+    # The fast client got both; the lagging one got no new write, and its outbox holds the
+    # very frame objects the fast client was sent (references, not a copy of its own).
+    assert seqs(fast) == [1, 2, 3]
+    assert len(lagging.transport.writes) == 1
+    assert h.channel.footprint()["held"] == 1
+    held = lagging.conn.outbox
+    assert len(held) == 2 and all(frame in fast.transport.data for frame in held)
+    assert h.channel.state().outbox_bytes == HOLD_BYTES + 1 + sum(map(len, held))
+
+    lagging.transport.buffer_size = 0  # it drained: the retry writes everything at once
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.call_later(HOLD_RETRY_SECONDS * 2, done.set_result, None)
+    await done
+    assert len(lagging.transport.writes) == 2
+    assert seqs(lagging) == [1, 2, 3]
+    assert h.channel.footprint()["held"] == 0
+    assert h.value(SENT) == 6
 
 
 async def test_replies_keep_their_order_relative_to_updates() -> None:

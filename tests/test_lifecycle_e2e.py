@@ -42,6 +42,7 @@ async def test_thousands_of_cycles_leave_nothing_behind(start_gateway: StartGate
         "wildcard": 0,
         "addresses": 0,
         "dirty": 0,
+        "held": 0,
     }
     # The admission window holds only the last minute's entries, never more than its limit.
     assert channel.admission_window() == CYCLES

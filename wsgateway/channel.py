@@ -36,6 +36,9 @@ log = logging.getLogger("wsgateway.channel")
 #: Channels whose topic is the user id: a client may only ever see its own user's messages.
 PRIVATE_CHANNELS = frozenset({"user"})
 REJECTION_LOG_INTERVAL = 10.0
+#: Bytes a transport may still hold before a client gets no new write until it drains.
+HOLD_BYTES = 65_536
+HOLD_RETRY_SECONDS = 0.005
 
 
 class Channel:
@@ -69,6 +72,10 @@ class Channel:
         # delivery latency once per update, not once per delivery.
         self._queued_ts: list[float] = []
         self._flush_handle: asyncio.Handle | None = None
+        # Connections whose transport still holds more than HOLD_BYTES: their frames wait in
+        # the outbox, retried every HOLD_RETRY_SECONDS until the kernel takes them.
+        self._held: set[Connection] = set()
+        self._retry_handle: asyncio.TimerHandle | None = None
 
     # -- admission ------------------------------------------------------------------------
 
@@ -138,6 +145,7 @@ class Channel:
         if conn not in self._connections:
             return
         self._connections.discard(conn)
+        self._held.discard(conn)
         self._addresses.remove(conn.address)
         self._drop_subscriptions(conn, tuple(conn.topics))
         if conn.outbox:
@@ -270,12 +278,37 @@ class Channel:
         """Write every dirty outbox with one write per connection. Runs once per loop turn."""
         self._flush_handle = None
         dirty, self._dirty = self._dirty, []
+        self._write_outboxes(dirty)
+        if self._queued_ts:
+            written_at = self._wall_clock()
+            observe = self.metrics.delivery_latency.observe
+            for published_at in self._queued_ts:
+                observe(max(0.0, written_at - published_at))
+            self._queued_ts.clear()
+
+    def _retry_held(self) -> None:
+        self._retry_handle = None
+        held, self._held = self._held, set()
+        self._write_outboxes(held)
+
+    def _write_outboxes(self, connections: Iterable[Connection]) -> None:
         sent = lost = 0
-        for conn in dirty:
+        held = self._held
+        for conn in connections:
             outbox = conn.outbox
             count = len(outbox)
             if not count:  # emptied by a close since it was queued, or listed twice
                 continue
+            transport = conn.transport
+            if conn.backlog > HOLD_BYTES:
+                conn.backlog = transport.get_write_buffer_size()
+                if conn.backlog > HOLD_BYTES and not transport.is_closing():
+                    # The kernel is not taking this client's bytes. Keep its frames as they
+                    # are, shared with every other subscriber, rather than join them into a
+                    # copy of its own: a lagging client then costs a list of references, and
+                    # only the client that passes max_outbox_bytes is dropped.
+                    held.add(conn)
+                    continue
             data = outbox[0] if count == 1 else b"".join(outbox)
             outbox.clear()
             conn.outbox_bytes = 0
@@ -296,12 +329,10 @@ class Channel:
             self.metrics.sent.inc(sent)
         if lost:
             self.metrics.failed["connection_lost"].inc(lost)
-        if self._queued_ts:
-            written_at = self._wall_clock()
-            observe = self.metrics.delivery_latency.observe
-            for published_at in self._queued_ts:
-                observe(max(0.0, written_at - published_at))
-            self._queued_ts.clear()
+        if held and self._retry_handle is None:
+            self._retry_handle = asyncio.get_running_loop().call_later(
+                HOLD_RETRY_SECONDS, self._retry_held
+            )
 
     def _drop_slow_consumer(self, conn: Connection) -> None:
         if conn.closing:
@@ -374,6 +405,7 @@ class Channel:
             "wildcard": len(self._wildcard),
             "addresses": len(self._addresses),
             "dirty": len(self._dirty),
+            "held": len(self._held),
         }
 
     def admission_window(self) -> int:
