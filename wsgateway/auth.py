@@ -5,6 +5,7 @@ Tokens are never logged: errors say what is wrong with a token, never what it co
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 from dataclasses import dataclass
@@ -66,8 +67,11 @@ def check_publisher(token: str | None, expected: str | None, remote: str | None)
 
 
 def _is_loopback(remote: str | None) -> bool:
-    if remote is None:
-        return False
+    return remote is not None and _is_loopback_address(remote)
+
+
+@functools.lru_cache(maxsize=1024)  # parsed once per peer address, not once per publish
+def _is_loopback_address(remote: str) -> bool:
     try:
         address = ipaddress.ip_address(remote)
     except ValueError:

@@ -75,10 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = commands.add_parser("metrics", help="show the gateway's metrics")
     metrics.add_argument("--url", default=DEFAULT_URL)
     metrics.add_argument("--json", action="store_true", help="print the raw JSON view")
+
+    bench = commands.add_parser(
+        "bench",
+        add_help=False,  # --help goes to the load generator, which owns every option
+        help="load-test a running gateway (N clients, a publisher); --help for options",
+    )
+    bench.add_argument("loadgen_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Every option, --help included, belongs to the load generator.
+        from .loadgen import main as run_load
+
+        return run_load(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":

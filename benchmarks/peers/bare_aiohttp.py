@@ -1,0 +1,41 @@
+"""A bare aiohttp WebSocket server that accepts connections and holds them, nothing else.
+
+The floor for the idle-footprint scenario: RSS per idle connection of aiohttp's own
+WebSocket machinery, beside which the gateway's per-connection state is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+
+import uvloop
+from aiohttp import web
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for _ in ws:
+        pass
+    return ws
+
+
+async def main(port: int) -> None:
+    app = web.Application()
+    app.router.add_get("/ws/ticker", websocket)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"bare_aiohttp listening on 127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8084)
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
+    uvloop.run(main(args.port))

@@ -1,0 +1,89 @@
+"""A naive aiohttp fan-out server: the usual ``for ws in clients: await ws.send_json(msg)``.
+
+Speaks the bench protocol (see ``wsgateway/loadgen.py``) on ``--port``: WebSocket clients on
+``/ws/ticker``, publishers on ``POST /api/publish``. This is what most tutorials show, and the
+baseline the gateway is measured against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import time
+from typing import Any
+
+import uvloop
+from aiohttp import WSMsgType, web
+
+SUBSCRIBERS = web.AppKey("subscribers", dict[str, set[web.WebSocketResponse]])
+SEQUENCES = web.AppKey("sequences", dict[str, int])
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    subscribers = request.app[SUBSCRIBERS]
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    topics: list[str] = []
+    try:
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            request_ = json.loads(msg.data)
+            if request_.get("type") == "subscribe":
+                for topic in request_["topics"]:
+                    subscribers.setdefault(topic, set()).add(ws)
+                    topics.append(topic)
+                await ws.send_json(
+                    {"type": "subscribed", "topics": request_["topics"], "id": request_.get("id")}
+                )
+    finally:
+        for topic in topics:
+            subscribers[topic].discard(ws)
+    return ws
+
+
+async def publish(request: web.Request) -> web.Response:
+    subscribers = request.app[SUBSCRIBERS]
+    sequences = request.app[SEQUENCES]
+    body: dict[str, Any] = await request.json()
+    messages = body["messages"]
+    for message in messages:
+        topic = message["topic"]
+        sequences[topic] = sequences.get(topic, 0) + 1
+        update = {
+            "type": "update",
+            "channel": message["channel"],
+            "topic": topic,
+            "seq": sequences[topic],
+            "ts": time.time(),
+            "data": message["data"],
+        }
+        for ws in list(subscribers.get(topic, ())):
+            with contextlib.suppress(ConnectionError):  # gone; its handler cleans up
+                await ws.send_json(update)
+    return web.json_response({"accepted": len(messages)})
+
+
+async def main(port: int) -> None:
+    app = web.Application()
+    app[SUBSCRIBERS] = {}
+    app[SEQUENCES] = {}
+    app.router.add_get("/ws/ticker", websocket)
+    app.router.add_post("/api/publish", publish)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"naive_aiohttp listening on 127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8081)
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
+    uvloop.run(main(args.port))

@@ -1,0 +1,81 @@
+"""A python-websockets fan-out server using ``websockets.broadcast()``, compression off.
+
+Speaks the bench protocol (see ``wsgateway/loadgen.py``): WebSocket clients on
+``ws://127.0.0.1:PORT/ws/ticker``. python-websockets serves only GET requests, so publishers
+POST to a small aiohttp endpoint on ``--publish-port`` in the same process and event loop,
+the same aiohttp publish path every other server in the benchmark pays for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from typing import Any
+
+import uvloop
+from aiohttp import web
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+subscribers: dict[str, set[ServerConnection]] = {}
+sequences: dict[str, int] = {}
+
+
+async def handler(ws: ServerConnection) -> None:
+    if ws.request is None or ws.request.path != "/ws/ticker":
+        await ws.close(1008, "unknown path")
+        return
+    topics: list[str] = []
+    try:
+        async for raw in ws:
+            request = json.loads(raw)
+            if request.get("type") == "subscribe":
+                for topic in request["topics"]:
+                    subscribers.setdefault(topic, set()).add(ws)
+                    topics.append(topic)
+                reply = {"type": "subscribed", "topics": request["topics"], "id": request.get("id")}
+                await ws.send(json.dumps(reply))
+    finally:
+        for topic in topics:
+            subscribers[topic].discard(ws)
+
+
+async def publish(request: web.Request) -> web.Response:
+    body: dict[str, Any] = await request.json()
+    messages = body["messages"]
+    for message in messages:
+        topic = message["topic"]
+        sequences[topic] = sequences.get(topic, 0) + 1
+        update = {
+            "type": "update",
+            "channel": message["channel"],
+            "topic": topic,
+            "seq": sequences[topic],
+            "ts": time.time(),
+            "data": message["data"],
+        }
+        # Encoded once per message; broadcast() frames it for each connection.
+        broadcast(subscribers.get(topic, ()), json.dumps(update, separators=(",", ":")))
+    return web.json_response({"accepted": len(messages)})
+
+
+async def main(port: int, publish_port: int) -> None:
+    app = web.Application()
+    app.router.add_post("/api/publish", publish)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", publish_port).start()
+    async with serve(handler, "127.0.0.1", port, compression=None) as server:
+        print(f"websockets listening on 127.0.0.1:{port}, publish on {publish_port}", flush=True)
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=8082)
+    parser.add_argument("--publish-port", type=int, help="default: --port + 1")
+    args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
+    uvloop.run(main(args.port, args.publish_port or args.port + 1))

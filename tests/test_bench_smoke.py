@@ -1,0 +1,60 @@
+"""A short smoke run of the benchmark suite, so that it keeps working (no timing asserted)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import RunningGateway
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"burst", "paced", "mix", "storm", "idle", "slow"}
+SERVERS = {"wsgateway", "naive_aiohttp", "websockets", "picows"}
+
+
+@pytest.mark.timeout(400)
+def test_quick_run_measures_every_scenario_for_every_server(tmp_path: Path) -> None:
+    results = tmp_path / "quick.json"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--quick", "--json", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=380,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "### Goals (issue 3)" in run.stdout
+    document = json.loads(results.read_text())
+    assert {case["scenario"] for case in document["cases"]} == SCENARIOS
+    assert document["meta"]["skipped_servers"] == {}
+    for case, by_server in document["medians"].items():
+        assert set(by_server) >= SERVERS, case
+        for server, figures in by_server.items():
+            if case.startswith(("burst", "paced", "mix", "slow")):
+                assert figures["delivered"] > 0, (case, server)
+            if case.startswith("idle"):
+                assert figures["connected"] == figures["clients"], (case, server)
+
+
+@pytest.mark.timeout(60)
+async def test_wsgateway_bench_drives_a_running_gateway(gw: RunningGateway) -> None:
+    """`wsgateway bench` (the load generator) against a gateway the test started."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wsgateway", "bench",
+        "--url", gw.ws_url("ticker"), "--clients", "20", "--scenario", "burst",
+        "--batch", "5", "--warmup", "0.2", "--duration", "0.5", "--quiet",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 50)
+    assert process.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["connected"] == 20 and result["delivered"] > 0
+    assert result["publish_errors"] == 0 and result["lost_connections"] == 0
