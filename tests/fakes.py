@@ -25,6 +25,18 @@ from wsgateway.settings import Limits
 EPOCH = 1_700_000_000.0
 
 
+#: Channel.footprint() of a channel with nothing left: every structure empty.
+IDLE_FOOTPRINT = {
+    "connections": 0,
+    "admitting": 0,
+    "topics": 0,
+    "wildcard": 0,
+    "addresses": 0,
+    "dirty": 0,
+    "held": 0,
+}
+
+
 class FakeTransport:
     """The part of ``asyncio.Transport`` the channel uses, recording what is written.
 

@@ -29,6 +29,7 @@ from wsgateway.metrics import ChannelState
 
 from .fakes import (
     EPOCH,
+    IDLE_FOOTPRINT,
     Client,
     FakeTransport,
     Harness,
@@ -48,15 +49,6 @@ PUBLISHED = "wsgateway_messages_published_total"
 DISCONNECTS = "wsgateway_disconnects_total"
 CONNECTIONS = "wsgateway_connections_total"
 RATE_LIMIT_HITS = "wsgateway_rate_limit_hits_total"
-IDLE_FOOTPRINT = {
-    "connections": 0,
-    "admitting": 0,
-    "topics": 0,
-    "wildcard": 0,
-    "addresses": 0,
-    "dirty": 0,
-    "held": 0,
-}
 
 
 async def next_turn() -> None:

@@ -218,22 +218,17 @@ class _Closer:
 def _answer(
     gateway: Gateway, channel: Channel, conn: Connection, request: protocol.Request
 ) -> None:
-    if isinstance(request, protocol.Subscribe):
-        try:
-            topics = channel.subscribe(conn, request.topics)
-        except ClientError as exc:
-            exc.request_id = request.id
-            raise
-        channel.send(conn, protocol.subscribed(topics, request.id))
-    elif isinstance(request, protocol.Unsubscribe):
-        try:
-            topics = channel.unsubscribe(conn, request.topics)
-        except ClientError as exc:
-            exc.request_id = request.id
-            raise
-        channel.send(conn, protocol.unsubscribed(topics, request.id))
-    else:
-        channel.send(conn, protocol.pong(request.id, gateway.clock()))
+    try:
+        if isinstance(request, protocol.Subscribe):
+            reply = protocol.subscribed(channel.subscribe(conn, request.topics), request.id)
+        elif isinstance(request, protocol.Unsubscribe):
+            reply = protocol.unsubscribed(channel.unsubscribe(conn, request.topics), request.id)
+        else:
+            reply = protocol.pong(request.id, gateway.clock())
+    except ClientError as exc:
+        exc.request_id = request.id  # the channel's refusal does not know the request's id
+        raise
+    channel.send(conn, reply)
 
 
 def _reply_error(channel: Channel, conn: Connection, exc: ClientError, **extra: Any) -> None:
