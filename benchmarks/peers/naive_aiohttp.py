@@ -1,6 +1,6 @@
 """A naive aiohttp fan-out server: the usual ``for ws in clients: await ws.send_json(msg)``.
 
-Speaks the bench protocol (see ``wsgateway/loadgen.py``) on ``--port``: WebSocket clients on
+Speaks the bench protocol (see ``wsgateway/loadgen/``) on ``--port``: WebSocket clients on
 ``/ws/ticker``, publishers on ``POST /api/publish``. This is what most tutorials show, and the
 baseline the gateway is measured against.
 """

@@ -1,7 +1,7 @@
 """A picows fan-out server: each client's ``WSTransport.send`` in a loop, as picows' own
 broadcast example does.
 
-Speaks the bench protocol (see ``wsgateway/loadgen.py``): WebSocket clients on
+Speaks the bench protocol (see ``wsgateway/loadgen/``): WebSocket clients on
 ``ws://127.0.0.1:PORT/ws/ticker``. picows serves only WebSocket upgrades, so publishers POST
 to a small aiohttp endpoint on ``--publish-port`` in the same process and event loop, the
 same aiohttp publish path every other server in the benchmark pays for.

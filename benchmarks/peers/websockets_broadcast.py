@@ -1,6 +1,6 @@
 """A python-websockets fan-out server using ``websockets.broadcast()``, compression off.
 
-Speaks the bench protocol (see ``wsgateway/loadgen.py``): WebSocket clients on
+Speaks the bench protocol (see ``wsgateway/loadgen/``): WebSocket clients on
 ``ws://127.0.0.1:PORT/ws/ticker``. python-websockets serves only GET requests, so publishers
 POST to a small aiohttp endpoint on ``--publish-port`` in the same process and event loop,
 the same aiohttp publish path every other server in the benchmark pays for.
