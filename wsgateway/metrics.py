@@ -58,44 +58,14 @@ CLIENT_ERROR_CODES = (
     "rate_limited",
 )
 RATE_LIMITS = ("connections_per_minute", "messages_per_second")
-# Broadcast duration: tens of microseconds (few subscribers) to a second (a stalled loop).
 # Delivery latency, publish to socket write: sub-millisecond when healthy, seconds when not.
-LATENCY_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, 5.0)  # fmt: skip
+# Broadcast duration: tens of microseconds (few subscribers) to a second (a stalled loop).
+DURATION_BUCKETS = (0.00005, *(b for b in LATENCY_BUCKETS if b <= 1.0))
 # Update frame sizes: a ticker (~150 B) to an order-book snapshot (hundreds of KB).
 SIZE_BUCKETS = (64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144, 1048576)
 LATENCY_QUANTILES = (0.5, 0.9, 0.99)
-DURATION_BUCKETS = (
-    0.00005,
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-)
 
 
 @dataclass(frozen=True, slots=True)
