@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import json
 import resource
-import time
 from typing import Any
 
 import uvloop
 from aiohttp import WSMsgType, web
+from bench_protocol import numbered_updates
 
 SUBSCRIBERS = web.AppKey("subscribers", dict[str, set[web.WebSocketResponse]])
 SEQUENCES = web.AppKey("sequences", dict[str, int])
@@ -49,22 +49,11 @@ async def publish(request: web.Request) -> web.Response:
     subscribers = request.app[SUBSCRIBERS]
     sequences = request.app[SEQUENCES]
     body: dict[str, Any] = await request.json()
-    messages = body["messages"]
-    for message in messages:
-        topic = message["topic"]
-        sequences[topic] = sequences.get(topic, 0) + 1
-        update = {
-            "type": "update",
-            "channel": message["channel"],
-            "topic": topic,
-            "seq": sequences[topic],
-            "ts": time.time(),
-            "data": message["data"],
-        }
+    for topic, update in numbered_updates(body, sequences):
         for ws in list(subscribers.get(topic, ())):
             with contextlib.suppress(ConnectionError):  # gone; its handler cleans up
                 await ws.send_json(update)
-    return web.json_response({"accepted": len(messages)})
+    return web.json_response({"accepted": len(body["messages"])})
 
 
 async def main(port: int) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 from typing import Any
 
 import uvloop
 from aiohttp import web
+from bench_protocol import numbered_updates
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 subscribers: dict[str, set[WSTransport]] = {}
@@ -51,22 +51,11 @@ def listener_factory(request: WSUpgradeRequest) -> Client | None:
 
 async def publish(request: web.Request) -> web.Response:
     body: dict[str, Any] = await request.json()
-    messages = body["messages"]
-    for message in messages:
-        topic = message["topic"]
-        sequences[topic] = sequences.get(topic, 0) + 1
-        update = {
-            "type": "update",
-            "channel": message["channel"],
-            "topic": topic,
-            "seq": sequences[topic],
-            "ts": time.time(),
-            "data": message["data"],
-        }
+    for topic, update in numbered_updates(body, sequences):
         payload = json.dumps(update, separators=(",", ":")).encode()  # once per message
         for transport in subscribers.get(topic, ()):
             transport.send(WSMsgType.TEXT, payload)
-    return web.json_response({"accepted": len(messages)})
+    return web.json_response({"accepted": len(body["messages"])})
 
 
 async def main(port: int, publish_port: int) -> None:

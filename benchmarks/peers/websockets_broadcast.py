@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import time
 from typing import Any
 
 import uvloop
 from aiohttp import web
+from bench_protocol import numbered_updates
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 subscribers: dict[str, set[ServerConnection]] = {}
@@ -43,21 +43,10 @@ async def handler(ws: ServerConnection) -> None:
 
 async def publish(request: web.Request) -> web.Response:
     body: dict[str, Any] = await request.json()
-    messages = body["messages"]
-    for message in messages:
-        topic = message["topic"]
-        sequences[topic] = sequences.get(topic, 0) + 1
-        update = {
-            "type": "update",
-            "channel": message["channel"],
-            "topic": topic,
-            "seq": sequences[topic],
-            "ts": time.time(),
-            "data": message["data"],
-        }
+    for topic, update in numbered_updates(body, sequences):
         # Encoded once per message; broadcast() frames it for each connection.
         broadcast(subscribers.get(topic, ()), json.dumps(update, separators=(",", ":")))
-    return web.json_response({"accepted": len(messages)})
+    return web.json_response({"accepted": len(body["messages"])})
 
 
 async def main(port: int, publish_port: int) -> None:
