@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
 
 import uvloop
 from aiohttp import web
+from bench_protocol import raise_file_limit
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -36,6 +36,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8084)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
+    raise_file_limit()
     uvloop.run(main(args.port))

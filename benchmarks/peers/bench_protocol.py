@@ -1,4 +1,5 @@
-"""The part of the bench protocol every peer shares: numbering published messages.
+"""What every peer shares: numbering published messages, the publish endpoint for peers
+that serve only WebSocket upgrades, and the file-descriptor limit.
 
 Each peer differs only in how it fans an update out; this turns a publish body into
 ``(topic, update)`` pairs shaped exactly like wsgateway's, so frame sizes match.
@@ -6,9 +7,12 @@ Each peer differs only in how it fans an update out; this turns a publish body i
 
 from __future__ import annotations
 
+import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+
+from aiohttp import web
 
 
 def numbered_updates(
@@ -30,3 +34,21 @@ def numbered_updates(
                 "data": message["data"],
             },
         )
+
+
+def raise_file_limit() -> None:
+    """Thousands of sockets need more than the usual 1,024 descriptors."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve_publish(
+    publish: Callable[[web.Request], Awaitable[web.Response]], port: int
+) -> None:
+    """``POST /api/publish`` on ``port``, an aiohttp app in the peer's own loop: the same
+    publish path wsgateway and the aiohttp peers pay for."""
+    app = web.Application()
+    app.router.add_post("/api/publish", publish)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -11,12 +11,11 @@ import argparse
 import asyncio
 import contextlib
 import json
-import resource
 from typing import Any
 
 import uvloop
 from aiohttp import WSMsgType, web
-from bench_protocol import numbered_updates
+from bench_protocol import numbered_updates, raise_file_limit
 
 SUBSCRIBERS = web.AppKey("subscribers", dict[str, set[web.WebSocketResponse]])
 SEQUENCES = web.AppKey("sequences", dict[str, int])
@@ -73,6 +72,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8081)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
+    raise_file_limit()
     uvloop.run(main(args.port))

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 from typing import Any
 
 import uvloop
 from aiohttp import web
-from bench_protocol import numbered_updates
+from bench_protocol import numbered_updates, raise_file_limit, serve_publish
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 subscribers: dict[str, set[WSTransport]] = {}
@@ -59,11 +58,7 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def main(port: int, publish_port: int) -> None:
-    app = web.Application()
-    app.router.add_post("/api/publish", publish)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", publish_port).start()
+    await serve_publish(publish, publish_port)
     server = await ws_create_server(listener_factory, "127.0.0.1", port)
     print(f"picows listening on 127.0.0.1:{port}, publish on {publish_port}", flush=True)
     await server.serve_forever()
@@ -74,6 +69,5 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8083)
     parser.add_argument("--publish-port", type=int, help="default: --port + 1")
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of sockets
+    raise_file_limit()
     uvloop.run(main(args.port, args.publish_port or args.port + 1))
