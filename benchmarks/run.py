@@ -26,10 +26,10 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,7 +64,10 @@ MAX_OUTBOX_BYTES = 1_048_576  # wsgateway's default; the slow-consumer RSS bound
 @dataclass(frozen=True)
 class Server:
     name: str
-    argv: tuple[str, ...]  # after the interpreter; {port} and {publish_port} are filled in
+    # After the interpreter. Every server binds port 0 and prints the ports it got
+    # (LISTENING, PUBLISHING): ports picked here and freed before the server binds them
+    # can be taken by another process in between.
+    argv: tuple[str, ...]
     needs: str | None = None  # a module that must be importable
     separate_publish: bool = False  # serves POST /api/publish on a port of its own
     env: tuple[tuple[str, str], ...] = ()
@@ -75,18 +78,18 @@ SERVERS = {
     for s in (
         Server(
             GATEWAY,
-            ("-m", "wsgateway", "serve", "--port", "{port}"),
+            ("-m", "wsgateway", "serve", "--port", "0"),
             env=tuple(GATEWAY_ENV.items()),
         ),
-        Server("naive_aiohttp", (str(PEERS / "naive_aiohttp.py"), "--port", "{port}")),
+        Server("naive_aiohttp", (str(PEERS / "naive_aiohttp.py"), "--port", "0")),
         Server(
             "websockets",
             (
                 str(PEERS / "websockets_broadcast.py"),
                 "--port",
-                "{port}",
+                "0",
                 "--publish-port",
-                "{publish_port}",
+                "0",
             ),
             needs="websockets",
             separate_publish=True,
@@ -96,14 +99,14 @@ SERVERS = {
             (
                 str(PEERS / "picows_server.py"),
                 "--port",
-                "{port}",
+                "0",
                 "--publish-port",
-                "{publish_port}",
+                "0",
             ),
             needs="picows",
             separate_publish=True,
         ),
-        Server("bare_aiohttp", (str(PEERS / "bare_aiohttp.py"), "--port", "{port}")),
+        Server("bare_aiohttp", (str(PEERS / "bare_aiohttp.py"), "--port", "0")),
     )
 }
 #: Servers that speak the whole bench protocol; bare_aiohttp only holds connections.
@@ -270,12 +273,6 @@ def memory_gib() -> float:
 # -- processes --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cores() -> tuple[int, int]:
     """(server core, generator core): two different ones when the machine has two."""
     available = sorted(os.sched_getaffinity(0))
@@ -306,30 +303,39 @@ class Running:
         return f"http://127.0.0.1:{self.publish_port}/api/publish"
 
 
-def wait_listening(process: subprocess.Popen[bytes], ports: Sequence[int], log: Path) -> None:
+#: The lines a server prints once it accepts connections (wsgateway's own line has
+#: ``http://``), and, for peers serving POST /api/publish on a port of its own, that port.
+LISTENING = re.compile(r"listening on (?:http://)?127\.0\.0\.1:(\d+)")
+PUBLISHING = re.compile(r"^publish on 127\.0\.0\.1:(\d+)$", re.MULTILINE)
+
+
+def announced_ports(
+    process: subprocess.Popen[bytes], log: Path, separate_publish: bool
+) -> tuple[int, int]:
+    """(port, publish port) as the server printed them, waiting up to 20 s."""
     deadline = time.monotonic() + 20.0
-    for port in ports:
-        while True:
-            if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"server exited with {process.returncode}:\n{tail}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server did not listen on {port} within 20 s")
-            time.sleep(0.02)
+    while True:
+        text = log.read_text(errors="replace")
+        listening, publishing = LISTENING.search(text), PUBLISHING.search(text)
+        if listening and (publishing or not separate_publish):
+            port = int(listening.group(1))
+            return port, int(publishing.group(1)) if publishing else port
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{text[-2000:]}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server did not say where it listens within 20 s:\n{text[-2000:]}")
+        time.sleep(0.02)
 
 
 @contextlib.contextmanager
 def running(server: Server, core: int, logs: Path) -> Iterator[Running]:
-    port = free_port()
-    publish_port = free_port() if server.separate_publish else port
-    argv = [sys.executable, *(a.format(port=port, publish_port=publish_port) for a in server.argv)]
+    argv = [sys.executable, *server.argv]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WSGATEWAY_")}
     env.update(server.env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    log = logs / f"{server.name}-{port}.log"
-    with log.open("wb") as out:
+    fd, name = tempfile.mkstemp(prefix=f"{server.name}-", suffix=".log", dir=logs)
+    log = Path(name)
+    with os.fdopen(fd, "wb") as out:
         process = subprocess.Popen(
             argv,
             stdout=out,
@@ -341,7 +347,7 @@ def running(server: Server, core: int, logs: Path) -> Iterator[Running]:
             preexec_fn=lambda: os.sched_setaffinity(0, {core}),
         )
     try:
-        wait_listening(process, sorted({port, publish_port}), log)
+        port, publish_port = announced_ports(process, log, server.separate_publish)
         yield Running(server, process, port, publish_port, log)
     finally:
         stop(process)

@@ -16,7 +16,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -248,11 +247,9 @@ async def test_every_metric_in_the_dashboards_and_rules_is_exported(gw: RunningG
 # -- end to end: a real Prometheus scraping a gateway with traffic ----------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+#: Prometheus binds port 0 and logs the port it got (at level info): a port picked here and
+#: freed before Prometheus binds it can be taken by a parallel test in between.
+LISTENING = re.compile(r'msg="Listening on" address=127\.0\.0\.1:(\d+)')
 
 
 def write_prometheus_config(workdir: Path, target: str) -> Path:
@@ -273,10 +270,12 @@ def open_log(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
 
+def log_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
-    if not path.exists():
-        return "(no log)"
-    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    return "\n".join(log_text(path).splitlines()[-lines:]) or "(no log)"
 
 
 @dataclass
@@ -294,7 +293,6 @@ async def run_prometheus(workdir: Path, target: str) -> AsyncIterator[Prometheus
     binary = shutil.which("prometheus")
     assert binary, "the Debian package prometheus is needed (scripts/test installs it)"
     config = write_prometheus_config(workdir, target)
-    port = free_port()
     log = workdir / "prometheus.log"
     log_fd = open_log(log)
     try:
@@ -302,8 +300,8 @@ async def run_prometheus(workdir: Path, target: str) -> AsyncIterator[Prometheus
             binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
+            "--web.listen-address=127.0.0.1:0",
+            "--log.level=info",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log_fd,
             stderr=log_fd,
@@ -311,6 +309,7 @@ async def run_prometheus(workdir: Path, target: str) -> AsyncIterator[Prometheus
     finally:
         os.close(log_fd)
     try:
+        port = await announced_port(process, log)
         yield Prometheus(f"http://127.0.0.1:{port}", log, process)
     finally:
         if process.returncode is None:
@@ -320,6 +319,16 @@ async def run_prometheus(workdir: Path, target: str) -> AsyncIterator[Prometheus
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+async def announced_port(process: asyncio.subprocess.Process, log: Path) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not (found := LISTENING.search(log_text(log))):
+        if process.returncode is not None or loop.time() > deadline:
+            raise AssertionError(f"prometheus did not listen:\n{log_tail(log)}")
+        await asyncio.sleep(0.05)
+    return int(found.group(1))
 
 
 async def drain(ws: websockets.ClientConnection) -> None:

@@ -11,7 +11,7 @@ import asyncio
 
 import uvloop
 from aiohttp import web
-from bench_protocol import raise_file_limit
+from bench_protocol import raise_file_limit, serve_aiohttp
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -25,9 +25,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 async def main(port: int) -> None:
     app = web.Application()
     app.router.add_get("/ws/ticker", websocket)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    port = await serve_aiohttp(app, port)
     print(f"bare_aiohttp listening on 127.0.0.1:{port}", flush=True)
     await asyncio.Event().wait()
 

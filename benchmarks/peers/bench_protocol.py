@@ -44,11 +44,21 @@ def raise_file_limit() -> None:
 
 async def serve_publish(
     publish: Callable[[web.Request], Awaitable[web.Response]], port: int
-) -> None:
+) -> int:
     """``POST /api/publish`` on ``port``, an aiohttp app in the peer's own loop: the same
-    publish path wsgateway and the aiohttp peers pay for."""
+    publish path wsgateway and the aiohttp peers pay for. Returns the port bound (``port``
+    may be 0)."""
     app = web.Application()
     app.router.add_post("/api/publish", publish)
+    return await serve_aiohttp(app, port)
+
+
+async def serve_aiohttp(app: web.Application, port: int) -> int:
+    """Serve ``app`` on 127.0.0.1:``port``; returns the port bound. The benchmark passes 0 and
+    reads the port from the line each peer prints: a port picked by the benchmark and freed
+    before the peer binds it can be taken by another process in between."""
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    return int(runner.addresses[0][1])

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvloop
 from aiohttp import WSMsgType, web
-from bench_protocol import numbered_updates, raise_file_limit
+from bench_protocol import numbered_updates, raise_file_limit, serve_aiohttp
 
 SUBSCRIBERS = web.AppKey("subscribers", dict[str, set[web.WebSocketResponse]])
 SEQUENCES = web.AppKey("sequences", dict[str, int])
@@ -61,9 +61,7 @@ async def main(port: int) -> None:
     app[SEQUENCES] = {}
     app.router.add_get("/ws/ticker", websocket)
     app.router.add_post("/api/publish", publish)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    port = await serve_aiohttp(app, port)
     print(f"naive_aiohttp listening on 127.0.0.1:{port}", flush=True)
     await asyncio.Event().wait()
 

@@ -58,16 +58,19 @@ async def publish(request: web.Request) -> web.Response:
 
 
 async def main(port: int, publish_port: int) -> None:
-    await serve_publish(publish, publish_port)
+    publish_port = await serve_publish(publish, publish_port)
     server = await ws_create_server(listener_factory, "127.0.0.1", port)
-    print(f"picows listening on 127.0.0.1:{port}, publish on {publish_port}", flush=True)
+    port = server.sockets[0].getsockname()[1]
+    print(f"picows listening on 127.0.0.1:{port}", flush=True)
+    print(f"publish on 127.0.0.1:{publish_port}", flush=True)
     await server.serve_forever()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8083)
-    parser.add_argument("--publish-port", type=int, help="default: --port + 1")
+    parser.add_argument("--publish-port", type=int, help="default: --port + 1 (0: a free port)")
     args = parser.parse_args()
     raise_file_limit()
-    uvloop.run(main(args.port, args.publish_port or args.port + 1))
+    publish_port = args.port + 1 if args.publish_port is None else args.publish_port
+    uvloop.run(main(args.port, publish_port))
