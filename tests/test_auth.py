@@ -8,8 +8,20 @@ from typing import Any
 import jwt
 import pytest
 
-from wsgateway.auth import Identity, bearer_token, check_publisher, verify_user_token
-from wsgateway.errors import PublishError, PublishForbidden, PublishUnauthorized, Unauthorized
+from wsgateway.auth import (
+    Identity,
+    bearer_token,
+    check_origin,
+    check_publisher,
+    verify_user_token,
+)
+from wsgateway.errors import (
+    ForbiddenOrigin,
+    PublishError,
+    PublishForbidden,
+    PublishUnauthorized,
+    Unauthorized,
+)
 
 # HS256 keys must be at least 32 bytes (RFC 7518 3.2); PyJWT warns below that.
 SECRET = "unit-test-jwt-secret-0123456789abcdef"
@@ -264,3 +276,54 @@ def test_no_token_configured_refuses_other_addresses(remote: str | None) -> None
 def test_no_token_configured_refuses_remote_even_with_a_token() -> None:
     with pytest.raises(PublishForbidden):
         check_publisher("some-token", None, "198.51.100.1")
+
+
+# -- check_origin -----------------------------------------------------------------------------
+
+ALLOWED = ("https://app.example.com", "http://localhost:3000", "https://*.desk.example.com")
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("https://anything.example.net", ()),  # nothing configured: every origin
+        (None, ALLOWED),  # no Origin header: not a browser page
+        ("https://app.example.com", ALLOWED),
+        ("HTTPS://APP.EXAMPLE.COM", ALLOWED),
+        ("http://localhost:3000", ALLOWED),
+        ("https://ny.desk.example.com", ALLOWED),
+        ("https://a.b.desk.example.com", ALLOWED),
+        ("null", ("null",)),
+    ],
+)
+def test_allowed_origins(origin: str | None, allowed: tuple[str, ...]) -> None:
+    check_origin(origin, allowed)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example.net",
+        "http://app.example.com",  # another scheme is another origin
+        "https://app.example.com:8443",  # and so is another port
+        "http://localhost:3001",
+        "https://desk.example.com",  # "*." means subdomains only
+        "https://evildesk.example.com",
+        "http://ny.desk.example.com",
+        "https://app.example.com.evil.net",
+        "null",
+        "",
+    ],
+)
+def test_refused_origins(origin: str) -> None:
+    with pytest.raises(ForbiddenOrigin) as info:
+        check_origin(origin, ALLOWED)
+    assert info.value.status == 403
+    assert info.value.reason == "forbidden_origin"
+    assert info.value.message == f"origin {origin!r} is not in allowed_origins"
+
+
+def test_refused_origin_message_is_bounded() -> None:
+    with pytest.raises(ForbiddenOrigin) as info:
+        check_origin("https://" + "a" * 5000 + ".net", ALLOWED)
+    assert len(info.value.message) < 150

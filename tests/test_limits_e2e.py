@@ -11,6 +11,7 @@ import jwt
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin
 
 from wsgateway import Settings
 
@@ -251,3 +252,40 @@ async def test_expired_token_closes_with_1008(start_gateway: StartGateway) -> No
         await request(ws, {"type": "subscribe", "topics": ["carol"]})
         assert await wait_closed(ws, timeout=5) == 1008
     assert sample(gw, "wsgateway_disconnects_total", channel="user", reason="token_expired") == 1
+
+
+async def test_origin_not_allowed_answers_403(
+    start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw = await start_gateway(
+        Settings(allowed_origins=("https://app.example.com", "https://*.desk.example.com"))
+    )
+    first = await bystander(gw)  # no Origin header: a program, not a browser page
+    rejection = await refused(gw.ws_url("ticker"), origin=Origin("https://evil.example.net"))
+    assert rejection.response.status_code == 403
+    assert json.loads(rejection.response.body) == {
+        "error": "forbidden_origin",
+        "message": "origin 'https://evil.example.net' is not in allowed_origins",
+    }
+    assert (
+        "rejected connection on ticker: forbidden_origin: "
+        "origin 'https://evil.example.net' is not in allowed_origins" in caplog.text
+    )
+    # The wildcard covers subdomains, not the domain itself.
+    rejection = await refused(gw.ws_url("ticker"), origin=Origin("https://desk.example.com"))
+    assert rejection.response.status_code == 403
+    for origin in (
+        "https://app.example.com",
+        "https://APP.example.com",
+        "https://ny.desk.example.com",
+    ):
+        async with websockets.connect(gw.ws_url("ticker"), origin=Origin(origin)) as ws:
+            assert (await request(ws, {"type": "ping", "id": 1}))["type"] == "pong"
+    assert (
+        sample(
+            gw, "wsgateway_connections_rejected_total", channel="ticker", reason="forbidden_origin"
+        )
+        == 2
+    )
+    await still_served(gw, first)
+    await first.close()

@@ -663,3 +663,65 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.port = 1  # type: ignore[misc]
+
+
+# -- allowed_origins --------------------------------------------------------------------------
+
+
+def test_allowed_origins_default_admits_every_origin() -> None:
+    assert load_settings().allowed_origins == ()
+
+
+def test_allowed_origins_from_toml_are_normalised(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'allowed_origins = ["https://App.Example.com/", "http://localhost:3000",'
+        ' "https://*.desk.example.com", "null", "https://app.example.com"]\n',
+    )
+    assert load_settings(config_file=path).allowed_origins == (
+        "https://app.example.com",
+        "http://localhost:3000",
+        "https://*.desk.example.com",
+        "null",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "https://a.example.com, https://b.example.com:8443",
+            ("https://a.example.com", "https://b.example.com:8443"),
+        ),
+        ("https://a.example.com,", ("https://a.example.com",)),
+        ("", ()),
+    ],
+)
+def test_allowed_origins_from_env_are_comma_separated(
+    value: str, expected: tuple[str, ...]
+) -> None:
+    assert load_settings(env={"WSGATEWAY_ALLOWED_ORIGINS": value}).allowed_origins == expected
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "example.com",  # no scheme
+        "ftp://example.com",
+        "https://example.com/app",  # a path is never part of an origin
+        "https://example.com?x=1",
+        "*",
+        "https://*",
+        "https://a.*.example.com",
+        "https://example.com:port",
+        "",
+    ],
+)
+def test_bad_allowed_origins_name_the_setting(tmp_path: Path, origin: str) -> None:
+    path = write_toml(tmp_path, f'allowed_origins = ["https://ok.example.com", "{origin}"]\n')
+    assert_names(settings_error(config_file=path), "allowed_origins", origin)
+
+
+def test_allowed_origins_must_be_a_list(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "allowed_origins = 3\n")
+    assert_names(settings_error(config_file=path), "allowed_origins", 3)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from .errors import PublishForbidden, PublishUnauthorized, Unauthorized
+from .errors import ForbiddenOrigin, PublishForbidden, PublishUnauthorized, Unauthorized
 from .protocol import is_valid_topic
 
 
@@ -43,6 +43,33 @@ def verify_user_token(token: str | None, secret: str | None) -> Identity:
         )
     expires = claims.get("exp")
     return Identity(user, float(expires) if isinstance(expires, int | float) else None)
+
+
+def check_origin(origin: str | None, allowed: tuple[str, ...]) -> None:
+    """Refuse a browser page from a site not in ``allowed`` (cross-site WebSocket hijacking).
+
+    An empty ``allowed`` admits every origin. A request without ``Origin`` comes from a
+    program, not a browser page, and is admitted: the header is what browsers send to let
+    the server decide, and any other client can write whatever it likes into it.
+    """
+    if not allowed or origin is None or origin_allowed(origin.lower(), allowed):
+        return
+    raise ForbiddenOrigin(f"origin {origin[:100]!r} is not in allowed_origins")
+
+
+@functools.lru_cache(maxsize=256)  # the same few sites connect again and again
+def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
+    """``origin`` (lower case) matches an entry: exactly, or ``scheme://*.domain[:port]``
+    for any subdomain of ``domain`` (not ``domain`` itself)."""
+    for pattern in allowed:
+        if origin == pattern:
+            return True
+        scheme, _, domain = pattern.partition("://*.")
+        if domain and origin.startswith(scheme + "://") and origin.endswith("." + domain):
+            subdomain = origin[len(scheme) + 3 : -len(domain) - 1]
+            if subdomain:
+                return True
+    return False
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -116,7 +116,13 @@ class Channel:
         self.metrics.rejected[rejection.reason].inc()
         more = self._log_throttle.note(rejection.reason, self._clock())
         if more is not None:
-            log.warning("rejected connection on %s: %s%s", self.name, rejection.reason, more)
+            log.warning(
+                "rejected connection on %s: %s: %s%s",
+                self.name,
+                rejection.reason,
+                rejection.message,
+                more,
+            )
 
     def release(self, address: str) -> None:
         """Give back a reservation whose upgrade did not complete."""

@@ -8,6 +8,7 @@ the data a reply needs. Each branch declares how it reaches the outside world:
      ├── Rejected                 a WebSocket upgrade refused before the handshake (HTTP status)
      │    ├── UnknownChannel              404
      │    ├── Unauthorized                401
+     │    ├── ForbiddenOrigin             403
      │    ├── ConnectionRateLimited       429 + Retry-After
      │    ├── TooManyConnectionsFromAddress 429
      │    ├── ChannelFull                 503
@@ -72,6 +73,11 @@ class UnknownChannel(Rejected):
 class Unauthorized(Rejected):
     status = 401
     reason = "unauthorized"
+
+
+class ForbiddenOrigin(Rejected):
+    status = 403
+    reason = "forbidden_origin"
 
 
 class ConnectionRateLimited(Rejected):

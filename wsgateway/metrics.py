@@ -30,6 +30,7 @@ REJECT_REASONS = (
     "capacity",
     "ip_limit",
     "unauthorized",
+    "forbidden_origin",
     "draining",
     "bad_handshake",
 )

@@ -19,6 +19,8 @@ from .errors import SettingsError
 DEFAULT_CHANNELS = ("market", "ticker", "orderbook", "trades", "user")
 CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 ENV_PREFIX = "WSGATEWAY_"
+# What a browser sends as Origin (RFC 6454): scheme://host[:port]; "*." allows subdomains.
+ORIGIN = re.compile(r"^https?://(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,8 @@ class Settings:
     publish_token: str | None = None
     jwt_secret: str | None = None
     channels: tuple[str, ...] = DEFAULT_CHANNELS
+    #: Origins whose browser pages may connect (403 otherwise); empty admits every origin
+    allowed_origins: tuple[str, ...] = ()
     defaults: Limits = Limits()
     overrides: Mapping[str, Limits] = field(default_factory=dict)
     demo: bool = False
@@ -83,7 +87,16 @@ class Settings:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
-_TOP_LEVEL = ("host", "port", "broker", "publish_token", "jwt_secret", "channels", "log_level")
+_TOP_LEVEL = (
+    "host",
+    "port",
+    "broker",
+    "publish_token",
+    "jwt_secret",
+    "channels",
+    "allowed_origins",
+    "log_level",
+)
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -182,6 +195,7 @@ def _build(
     # HS256 keys shorter than the hash (32 bytes) are weak (RFC 7518, 3.2).
     jwt_secret = _optional_secret("jwt_secret", top.get("jwt_secret"), 32)
     channels = _channel_list(top.get("channels", base.channels))
+    allowed_origins = _origin_list(top.get("allowed_origins", base.allowed_origins))
     log_level = _string("log_level", top.get("log_level", base.log_level)).upper()
     if log_level not in _LOG_LEVELS:
         raise SettingsError("log_level", log_level, "allowed: " + ", ".join(_LOG_LEVELS))
@@ -201,6 +215,7 @@ def _build(
         publish_token=publish_token,
         jwt_secret=jwt_secret,
         channels=channels,
+        allowed_origins=allowed_origins,
         defaults=defaults,
         overrides=overrides,
         demo=bool(top.get("demo", False)),
@@ -278,3 +293,23 @@ def _channel_list(value: object) -> tuple[str, ...]:
     if len(set(cleaned)) != len(cleaned):
         raise SettingsError("channels", value, "channel names must be unique")
     return cleaned
+
+
+def _origin_list(value: object) -> tuple[str, ...]:
+    entries = value.split(",") if isinstance(value, str) else value
+    if not isinstance(entries, list | tuple):
+        raise SettingsError("allowed_origins", value, "expected a list of origins")
+    origins = []
+    for entry in entries:
+        origin = str(entry).strip().lower().rstrip("/")
+        if not origin and isinstance(value, str):
+            continue  # WSGATEWAY_ALLOWED_ORIGINS="" or a trailing comma
+        if origin != "null" and not ORIGIN.match(origin):
+            raise SettingsError(
+                "allowed_origins",
+                entry,
+                "expected origins like https://app.example.com, https://*.example.com:8443 "
+                "or null (scheme, host and port only, no path)",
+            )
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))

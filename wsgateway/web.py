@@ -15,7 +15,7 @@ from aiohttp.http_websocket import WebSocketError
 from prometheus_client import exposition
 
 from . import protocol
-from .auth import Identity, bearer_token, check_publisher, verify_user_token
+from .auth import Identity, bearer_token, check_origin, check_publisher, verify_user_token
 from .channel import Channel
 from .connection import Connection
 from .errors import (
@@ -166,24 +166,28 @@ def _admit(
             compress=False,  # frames are built once and shared; per-client deflate defeats it
             timeout=CLOSE_TIMEOUT,
         )
-        if not ws.can_prepare(request).ok:
-            rejection = Rejected("expected a WebSocket upgrade request")
+        try:
+            identity = _check_request(request, gateway, channel, ws)
+        except Rejected as rejection:
             channel.reject(rejection)
-            raise rejection
-        identity = None
-        if channel.private:
-            try:
-                token = request.query.get("token") or bearer_token(
-                    request.headers.get("Authorization")
-                )
-                identity = verify_user_token(token, gateway.settings.jwt_secret)
-            except Rejected as rejection:
-                channel.reject(rejection)
-                raise
-        channel.admit(request.remote or "unknown")
+            raise
+        channel.admit(request.remote or "unknown")  # counts its own refusals
     except Rejected as rejection:
         return _rejection_response(rejection)
     return gateway, channel, ws, identity
+
+
+def _check_request(
+    request: web.Request, gateway: Gateway, channel: Channel, ws: web.WebSocketResponse
+) -> Identity | None:
+    """What the request itself must get right: an upgrade, an allowed origin, credentials."""
+    if not ws.can_prepare(request).ok:
+        raise Rejected("expected a WebSocket upgrade request")
+    check_origin(request.headers.get("Origin"), gateway.settings.allowed_origins)
+    if not channel.private:
+        return None
+    token = request.query.get("token") or bearer_token(request.headers.get("Authorization"))
+    return verify_user_token(token, gateway.settings.jwt_secret)
 
 
 class _Closer:
