@@ -183,9 +183,10 @@ class Harness:
         *,
         user: str | None = None,
         transport: FakeTransport | None = None,
+        fd: int = -1,
     ) -> Client:
         """Admit and open a connection, as the WebSocket handler does after the upgrade."""
-        return open_connection(self, address, user=user, transport=transport)
+        return open_connection(self, address, user=user, transport=transport, fd=fd)
 
 
 def make_channel(name: str = "ticker", **limits: Any) -> Harness:
@@ -207,12 +208,14 @@ def open_connection(
     *,
     user: str | None = None,
     transport: FakeTransport | None = None,
+    fd: int = -1,
 ) -> Client:
-    """``admit`` + ``open`` on ``harness.channel`` with a FakeTransport and a RecordingCloser."""
+    """``admit`` + ``open`` on ``harness.channel`` with a FakeTransport and a RecordingCloser;
+    ``fd``, a socket the flush may write to directly (-1: only the transport)."""
     transport = transport if transport is not None else FakeTransport()
     closer = RecordingCloser()
     harness.channel.admit(address)
-    conn = harness.channel.open(transport, closer, address, user)
+    conn = harness.channel.open(transport, closer, address, user, fd)
     client = Client(conn, transport, closer, address)
     harness.clients.append(client)
     return client

@@ -8,7 +8,10 @@ schedules its flush with ``loop.call_soon``, so a test that broadcasts awaits
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -26,6 +29,7 @@ from wsgateway.errors import (
     TooManyTopics,
 )
 from wsgateway.metrics import ChannelState
+from wsgateway.transports import direct_fd
 
 from .fakes import (
     EPOCH,
@@ -988,3 +992,117 @@ async def test_state_reports_queued_and_buffered_bytes() -> None:
     assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300 + 150 + 170)
     await next_turn()
     assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300)
+
+
+# -- direct writes to the socket ----------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(ours, peer): ``ours`` non-blocking like a transport's socket, ``peer`` the client."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    peer.settimeout(5)
+    with ours, peer:
+        yield ours, peer
+
+
+def read_available(sock: socket.socket, expected: int) -> bytes:
+    data = b""
+    while len(data) < expected:
+        chunk = sock.recv(expected - len(data))
+        assert chunk, "the peer saw the end of the stream"
+        data += chunk
+    return data
+
+
+async def test_with_nothing_queued_the_flush_writes_straight_to_the_socket(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    h = make_channel()
+    direct = h.open("10.0.0.1", fd=ours.fileno())
+    plain = h.open("10.0.0.2")
+    for client in (direct, plain):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    await next_turn()
+
+    assert direct.transport.writes == []  # the transport was not needed
+    data = read_available(peer, len(plain.transport.data))
+    assert data == plain.transport.data  # one write, the same bytes, the same order
+    assert [m["seq"] for m in decode_frames(data)] == [1, 2]
+    assert direct.conn.backlog == 0
+    assert h.value(SENT) == 4
+
+
+async def test_bytes_queued_in_the_transport_keep_every_write_in_the_transport(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # An earlier write (a ping, the handshake) still waits in the transport: writing past
+    # it would put our frame on the wire first.
+    ours, peer = socket_pair
+    h = make_channel()
+    client = h.open("10.0.0.1", transport=FakeTransport(buffer_size=10), fd=ours.fileno())
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+
+    assert seqs(client) == [1]
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(1)
+
+
+async def test_what_the_kernel_does_not_take_goes_through_the_transport_in_order(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    h = make_channel(max_outbox_bytes=4_000_000)
+    client = h.open("10.0.0.1", fd=ours.fileno())
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1, {"blob": "x" * 1_000_000}))
+    await next_turn()
+
+    rest = client.transport.data
+    assert 0 < len(rest) < 1_000_000  # the socket took a part, the transport the rest
+    peer.setblocking(False)
+    head = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := peer.recv(1 << 20):
+            head += chunk
+    assert [m["seq"] for m in decode_frames(head + rest)] == [1]
+    assert h.value(SENT) == 1
+
+
+async def test_a_dead_peer_leaves_the_write_and_the_failure_to_the_transport(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    peer.close()  # write(2) now fails with EPIPE
+    h = make_channel()
+    client = h.open("10.0.0.1", fd=ours.fileno())
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+
+    # The transport gets the whole frame and reports the dead peer its own way (the
+    # WebSocket handler then removes the connection), exactly as without the direct path.
+    assert seqs(client) == [1]
+    assert client.closer.calls == []
+
+
+async def test_direct_fd_only_for_plain_tcp_transports() -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    try:
+        assert direct_fd(transport) == transport.get_extra_info("socket").fileno() >= 0
+        assert direct_fd(FakeTransport()) == -1  # type: ignore[arg-type]
+    finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()

@@ -247,7 +247,8 @@ async def test_user_channel_delivers_only_own_messages(start_gateway: StartGatew
 
 async def test_expired_token_closes_with_1008(start_gateway: StartGateway) -> None:
     gw = await start_gateway(Settings(jwt_secret=SECRET))
-    token = user_token(SECRET, "carol", expires_in=1)
+    # exp is whole seconds: 2 s from now is at least 1 s away, time to connect under load.
+    token = user_token(SECRET, "carol", expires_in=2)
     async with websockets.connect(gw.ws_url("user", f"?token={token}")) as ws:
         await request(ws, {"type": "subscribe", "topics": ["carol"]})
         assert await wait_closed(ws, timeout=5) == 1008

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
+from os import write as os_write
 
 from . import protocol
 from .brokers.base import Update
@@ -130,9 +131,15 @@ class Channel:
         self._addresses.remove(address)
 
     def open(
-        self, transport: Transport, closer: Closer, address: str, user: str | None = None
+        self,
+        transport: Transport,
+        closer: Closer,
+        address: str,
+        user: str | None = None,
+        fd: int = -1,
     ) -> Connection:
-        """Turn a reservation into a live connection."""
+        """Turn a reservation into a live connection. ``fd``: the socket under a plain TCP
+        transport, which the flush may write directly (-1: always go through the transport)."""
         self._admitting -= 1
         conn = Connection(
             transport,
@@ -141,6 +148,7 @@ class Channel:
             user=user,
             messages_per_second=self.limits.messages_per_second,
             now=self._clock(),
+            fd=fd,
         )
         self._connections.add(conn)
         self.metrics.connections.inc()
@@ -318,12 +326,26 @@ class Channel:
             data = outbox[0] if count == 1 else b"".join(outbox)
             outbox.clear()
             conn.outbox_bytes = 0
-            transport = conn.transport
-            if transport.is_closing():
+            if transport.is_closing():  # also: past here, conn.fd is still this socket's
                 lost += count
                 continue
+            written = 0
+            fd = conn.fd
+            if fd >= 0 and not transport.get_write_buffer_size():
+                # Nothing is queued ahead of us, so the bytes may go straight to the socket:
+                # the same write(2) without the transport's bookkeeping, ~0.4 µs (6%) less
+                # server CPU per paced delivery on uvloop (benchmarks/README.md). What the
+                # kernel does not take goes through the transport, which queues it in order.
+                try:
+                    written = os_write(fd, data)
+                except OSError:  # full (EAGAIN) or a dead peer: the transport finds out
+                    written = 0
+                if written == len(data):
+                    conn.backlog = 0
+                    sent += count
+                    continue
             try:
-                transport.write(data)
+                transport.write(data[written:] if written else data)
             except Exception:  # a transport that fails to write: the peer is gone
                 log.debug("write to a client of %s failed", self.name, exc_info=True)
                 lost += count

@@ -44,6 +44,7 @@ class Connection:
         "bucket",
         "closer",
         "closing",
+        "fd",
         "outbox",
         "outbox_bytes",
         "transport",
@@ -59,11 +60,15 @@ class Connection:
         messages_per_second: int,
         now: float,
         user: str | None = None,
+        fd: int = -1,
     ) -> None:
         self.address = address
         #: the authenticated user id on private channels, else None
         self.user = user
         self.transport = transport
+        #: the socket's descriptor when frames may bypass the transport (see
+        #: Channel._write_outboxes), else -1
+        self.fd = fd
         self.closer = closer
         # Created on the first subscribe and dropped with the last topic: an idle connection
         # costs no set (measured: 216 bytes each, at tens of thousands of connections).

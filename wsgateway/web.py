@@ -29,6 +29,7 @@ from .errors import (
     UnsupportedData,
 )
 from .gateway import Gateway
+from .transports import direct_fd
 
 log = logging.getLogger("wsgateway.web")
 
@@ -87,7 +88,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return ws
 
     closer = _Closer(ws, transport, request.app[CLOSING])
-    conn = channel.open(transport, closer, address, identity.user if identity else None)
+    user = identity.user if identity else None
+    conn = channel.open(transport, closer, address, user, direct_fd(transport))
     expiry = None
     if identity is not None and identity.expires is not None:
         expiry = asyncio.get_running_loop().call_later(

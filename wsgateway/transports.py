@@ -1,0 +1,31 @@
+"""Which transports the fan-out may write past, straight to the socket.
+
+The flush writes a client's frames with ``os.write`` on the socket's descriptor when the
+transport has nothing queued (``Channel._write_outboxes``): the same ``write(2)`` the
+transport would make, without its per-call bookkeeping. That is only correct for a plain TCP
+transport, whose bytes go to the socket as they are. A TLS transport encrypts them first, and
+any other kind is unknown to us, so those always go through ``transport.write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.selector_events
+
+# Neither class is in the type stubs (asyncio's is private; uvloop's is compiled).
+PLAIN_TCP: tuple[type, ...] = (asyncio.selector_events._SelectorSocketTransport,)  # type: ignore[attr-defined]
+try:
+    import uvloop.loop
+
+    PLAIN_TCP += (uvloop.loop.TCPTransport,)  # type: ignore[attr-defined]
+except ImportError:  # uvloop is optional
+    pass
+
+
+def direct_fd(transport: asyncio.BaseTransport) -> int:
+    """The socket descriptor under ``transport`` if frames may be written to it directly,
+    else -1."""
+    if type(transport) not in PLAIN_TCP:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else -1
