@@ -25,6 +25,11 @@ def sample(gw: RunningGateway, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+def rejected(gw: RunningGateway, reason: str) -> float:
+    """Upgrades the ticker channel refused for ``reason``."""
+    return sample(gw, "wsgateway_connections_rejected_total", channel="ticker", reason=reason)
+
+
 async def refused(url: str, **kwargs: Any) -> InvalidStatus:
     with pytest.raises(InvalidStatus) as caught:
         async with websockets.connect(url, **kwargs):
@@ -63,10 +68,7 @@ async def test_connection_rate_limit_answers_429_with_retry_after(
     # The window is per channel: another channel still admits.
     async with websockets.connect(gw.ws_url("trades")):
         pass
-    assert (
-        sample(gw, "wsgateway_connections_rejected_total", channel="ticker", reason="rate_limited")
-        == 1
-    )
+    assert rejected(gw, "rate_limited") == 1
     assert (
         sample(
             gw, "wsgateway_rate_limit_hits_total", channel="ticker", limit="connections_per_minute"
@@ -102,9 +104,7 @@ async def test_per_address_cap_answers_429(start_gateway: StartGateway) -> None:
         "error": "ip_limit",
         "message": "at most 1 connections per address",
     }
-    assert (
-        sample(gw, "wsgateway_connections_rejected_total", channel="ticker", reason="ip_limit") == 1
-    )
+    assert rejected(gw, "ip_limit") == 1
     await still_served(gw, first)
     await first.close()
 
@@ -282,11 +282,6 @@ async def test_origin_not_allowed_answers_403(
     ):
         async with websockets.connect(gw.ws_url("ticker"), origin=Origin(origin)) as ws:
             assert (await request(ws, {"type": "ping", "id": 1}))["type"] == "pong"
-    assert (
-        sample(
-            gw, "wsgateway_connections_rejected_total", channel="ticker", reason="forbidden_origin"
-        )
-        == 2
-    )
+    assert rejected(gw, "forbidden_origin") == 2
     await still_served(gw, first)
     await first.close()
