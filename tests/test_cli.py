@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import jwt
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
+
+from wsgateway import cli
 
 pytestmark = pytest.mark.e2e
 
@@ -239,3 +242,15 @@ def test_logs_never_contain_tokens(server: Server) -> None:
 def test_client_commands_report_an_unreachable_gateway() -> None:
     result = wsgateway("metrics", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1 and "cannot reach http://127.0.0.1:9" in result.stderr
+
+
+def test_serve_tunes_the_collector_for_many_long_lived_connections() -> None:
+    before = gc.get_threshold()
+    try:
+        cli.tune_gc()
+        assert gc.get_threshold() == cli.GC_THRESHOLDS
+        assert cli.GC_THRESHOLDS[2] > before[2]  # rarer full collections than the default
+        assert gc.get_freeze_count() > 0  # start-up objects are out of every collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
