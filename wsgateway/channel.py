@@ -326,7 +326,9 @@ class Channel:
             data = outbox[0] if count == 1 else b"".join(outbox)
             outbox.clear()
             conn.outbox_bytes = 0
-            if transport.is_closing():  # also: past here, conn.fd is still this socket's
+            # A transport that is not closing still owns conn.fd: the direct write below
+            # cannot reach a descriptor the kernel has since given to another socket.
+            if transport.is_closing():
                 lost += count
                 continue
             written = 0
