@@ -304,7 +304,8 @@ class Running:
 
 
 #: The lines a server prints once it accepts connections (wsgateway's own line has
-#: ``http://``), and, for peers serving POST /api/publish on a port of its own, that port.
+#: ``http://``), and, for peers serving POST /api/publish on a port of its own, that port
+#: (the peers print both with ``bench_protocol.announce``).
 LISTENING = re.compile(r"listening on (?:http://)?127\.0\.0\.1:(\d+)")
 PUBLISHING = re.compile(r"^publish on 127\.0\.0\.1:(\d+)$", re.MULTILINE)
 

@@ -6,12 +6,11 @@ WebSocket machinery, beside which the gateway's per-connection state is measured
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 
 import uvloop
 from aiohttp import web
-from bench_protocol import raise_file_limit, serve_aiohttp
+from bench_protocol import announce, command_line, serve_aiohttp
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -26,13 +25,10 @@ async def main(port: int) -> None:
     app = web.Application()
     app.router.add_get("/ws/ticker", websocket)
     port = await serve_aiohttp(app, port)
-    print(f"bare_aiohttp listening on 127.0.0.1:{port}", flush=True)
+    announce("bare_aiohttp", port)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=8084)
-    args = parser.parse_args()
-    raise_file_limit()
+    args = command_line(__doc__, 8084)
     uvloop.run(main(args.port))

@@ -7,7 +7,6 @@ baseline the gateway is measured against.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -15,7 +14,7 @@ from typing import Any
 
 import uvloop
 from aiohttp import WSMsgType, web
-from bench_protocol import numbered_updates, raise_file_limit, serve_aiohttp
+from bench_protocol import announce, command_line, numbered_updates, serve_aiohttp
 
 SUBSCRIBERS = web.AppKey("subscribers", dict[str, set[web.WebSocketResponse]])
 SEQUENCES = web.AppKey("sequences", dict[str, int])
@@ -62,13 +61,10 @@ async def main(port: int) -> None:
     app.router.add_get("/ws/ticker", websocket)
     app.router.add_post("/api/publish", publish)
     port = await serve_aiohttp(app, port)
-    print(f"naive_aiohttp listening on 127.0.0.1:{port}", flush=True)
+    announce("naive_aiohttp", port)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=8081)
-    args = parser.parse_args()
-    raise_file_limit()
+    args = command_line(__doc__, 8081)
     uvloop.run(main(args.port))

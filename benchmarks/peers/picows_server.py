@@ -9,13 +9,12 @@ same aiohttp publish path every other server in the benchmark pays for.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 import uvloop
 from aiohttp import web
-from bench_protocol import numbered_updates, raise_file_limit, serve_publish
+from bench_protocol import announce, command_line, numbered_updates, serve_publish
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 subscribers: dict[str, set[WSTransport]] = {}
@@ -61,16 +60,10 @@ async def main(port: int, publish_port: int) -> None:
     publish_port = await serve_publish(publish, publish_port)
     server = await ws_create_server(listener_factory, "127.0.0.1", port)
     port = server.sockets[0].getsockname()[1]
-    print(f"picows listening on 127.0.0.1:{port}", flush=True)
-    print(f"publish on 127.0.0.1:{publish_port}", flush=True)
+    announce("picows", port, publish_port)
     await server.serve_forever()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=8083)
-    parser.add_argument("--publish-port", type=int, help="default: --port + 1 (0: a free port)")
-    args = parser.parse_args()
-    raise_file_limit()
-    publish_port = args.port + 1 if args.publish_port is None else args.publish_port
-    uvloop.run(main(args.port, publish_port))
+    args = command_line(__doc__, 8083, separate_publish=True)
+    uvloop.run(main(args.port, args.publish_port))
