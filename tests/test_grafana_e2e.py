@@ -412,6 +412,10 @@ class PrometheusAPI:
         result = answer["data"]["result"]
         return float(result[0]["value"][1]) if result else 0.0
 
+    async def ready(self) -> bool:
+        async with self.session.get(self.prometheus.url + "/-/ready") as r:
+            return r.status == 200
+
     async def wait_for_scrapes(self, timeout: float) -> None:
         """Until the gateway target is up and has been scraped a few times (bounded)."""
         loop = asyncio.get_running_loop()
@@ -420,12 +424,14 @@ class PrometheusAPI:
         while True:
             if self.prometheus.process.returncode is not None:
                 raise AssertionError(self.prometheus.failure("prometheus exited"))
+            # Prometheus listens before its storage is ready and answers 503 meanwhile.
             with contextlib.suppress(aiohttp.ClientError):
-                scrapes = await self.scalar(
-                    f'min(count_over_time(up{{job="{JOB}"}}[1m]) and up{{job="{JOB}"}} == 1)'
-                )
-                if scrapes >= SCRAPES_BEFORE_CHECKING:
-                    return
+                if await self.ready():
+                    scrapes = await self.scalar(
+                        f'min(count_over_time(up{{job="{JOB}"}}[1m]) and up{{job="{JOB}"}} == 1)'
+                    )
+                    if scrapes >= SCRAPES_BEFORE_CHECKING:
+                        return
             if loop.time() > deadline:
                 raise AssertionError(
                     self.prometheus.failure(f"{scrapes:.0f} good scrapes after {timeout} s")
