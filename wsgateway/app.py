@@ -14,10 +14,12 @@ from .brokers import Broker, create_broker
 from .demo import run_demo
 from .errors import ServerShutdown
 from .gateway import Gateway
+from .listener import Listener
 from .settings import Settings
 from .web import CLOSE_TIMEOUT, CLOSING, GATEWAY, MAX_PUBLISH_BODY, add_routes
 
 log = logging.getLogger("wsgateway")
+LISTENER = web.AppKey("listener", Listener)
 
 
 def create_app(
@@ -40,8 +42,12 @@ def create_app(
     app = web.Application(client_max_size=MAX_PUBLISH_BODY)
     app[GATEWAY] = gateway
     app[CLOSING] = set()
-    add_routes(app)
+    # With a metrics listener, the status page and the metrics views leave the public port.
+    add_routes(app, metrics=settings.metrics_port is None)
+    listener = app[LISTENER] = Listener(gateway)
+    listener.install(app)
     app.cleanup_ctx.append(_broker_and_relay)
+    app.cleanup_ctx.append(listener.serve_metrics)
     if settings.demo:
         app.cleanup_ctx.append(_demo_feed)
     app.on_shutdown.append(_close_clients)
@@ -51,6 +57,12 @@ def create_app(
 def get_gateway(app: web.Application) -> Gateway:
     """The :class:`Gateway` of an app made by :func:`create_app` (to publish from Python)."""
     return app[GATEWAY]
+
+
+def metrics_address(app: web.Application) -> tuple[str, int] | None:
+    """Where the metrics listener of a running app made by :func:`create_app` is bound,
+    ``(host, port)``; None without ``metrics_port`` or before the app starts."""
+    return app[LISTENER].metrics_address
 
 
 async def _broker_and_relay(app: web.Application) -> AsyncIterator[None]:

@@ -21,8 +21,9 @@ import orjson
 from aiohttp import web
 
 from . import __version__
-from .app import create_app
+from .app import create_app, metrics_address
 from .errors import GatewayError, SettingsError
+from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
 from .web import GATEWAY, AccessLogger
 
@@ -125,6 +126,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Every client is a descriptor: the usual soft limit of 1,024 is an outage waiting.
+    logging.getLogger("wsgateway").info("open files limit: %s", raise_open_files_limit())
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on Windows); asyncio's loop works too
@@ -180,10 +183,12 @@ async def _serve(settings: Settings) -> int:
         await site.start()
         port = _bound_port(runner) or settings.port
         channels = ", ".join(app[GATEWAY].channels)
+        metrics = metrics_address(app)
         print(
             f"wsgateway listening on http://{settings.host}:{port} "
             f"(channels: {channels}; broker {settings.broker}"
-            f"{'; demo feed on' if settings.demo else ''})",
+            f"{'; demo feed on' if settings.demo else ''}"
+            f"{f'; metrics on http://{metrics[0]}:{metrics[1]}' if metrics else ''})",
             flush=True,
         )
         await stop.wait()

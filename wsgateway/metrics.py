@@ -215,6 +215,16 @@ class GatewayMetrics:
             buckets=SIZE_BUCKETS,
             registry=r,
         )
+        self.pending_connections = Gauge(
+            "wsgateway_pending_connections",
+            "Connections not upgraded to WebSocket: handshakes, HTTP requests, idle keep-alive",
+            registry=r,
+        )
+        self.pending_refused = Counter(
+            "wsgateway_pending_connections_refused_total",
+            "New connections closed at once: their address held max_pending_per_ip pending ones",
+            registry=r,
+        )
         ProcessCollector(registry=r)
 
     def for_channel(self, channel: str) -> ChannelMetrics:

@@ -73,6 +73,16 @@ class Settings:
     overrides: Mapping[str, Limits] = field(default_factory=dict)
     demo: bool = False
     log_level: str = "INFO"
+    #: seconds a connection has to deliver a complete request head (also the longest an
+    #: idle keep-alive HTTP connection is held); then it is closed (wsgateway.listener)
+    header_timeout: float = 10.0
+    #: connections one address may hold before they become WebSocket sessions; a new one
+    #: past it is closed at once
+    max_pending_per_ip: int = 256
+    #: a separate listener for /metrics, /api/ws/metrics, /healthz, /readyz and the status
+    #: page (None: they are served on the public port); metrics_host None: the public host
+    metrics_host: str | None = None
+    metrics_port: int | None = None
 
     def limits_for(self, channel: str) -> Limits:
         """The limits of ``channel``: its own table if it has one, else the defaults."""
@@ -96,6 +106,10 @@ _TOP_LEVEL = (
     "channels",
     "allowed_origins",
     "log_level",
+    "header_timeout",
+    "max_pending_per_ip",
+    "metrics_host",
+    "metrics_port",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -200,6 +214,14 @@ def _build(
     if log_level not in _LOG_LEVELS:
         raise SettingsError("log_level", log_level, "allowed: " + ", ".join(_LOG_LEVELS))
 
+    header_timeout = _number(
+        "header_timeout", top.get("header_timeout", base.header_timeout), 0.5, 3600.0
+    )
+    max_pending_per_ip = _integer(
+        "max_pending_per_ip", top.get("max_pending_per_ip", base.max_pending_per_ip), 1, 2**31 - 1
+    )
+    metrics_host, metrics_port = _metrics_listener(top, host, port)
+
     defaults = _limits("defaults", Limits(), default_limits)
     overrides: dict[str, Limits] = {}
     for channel, (where, table) in channel_limits.items():
@@ -220,7 +242,24 @@ def _build(
         overrides=overrides,
         demo=bool(top.get("demo", False)),
         log_level=log_level,
+        header_timeout=header_timeout,
+        max_pending_per_ip=max_pending_per_ip,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
+
+
+def _metrics_listener(top: dict[str, Any], host: str, port: int) -> tuple[str | None, int | None]:
+    raw_host, raw_port = top.get("metrics_host"), top.get("metrics_port")
+    metrics_host = None if raw_host in (None, "") else _string("metrics_host", raw_host)
+    metrics_port = None if raw_port in (None, "") else _integer("metrics_port", raw_port, 0, 65535)
+    if metrics_port is None:
+        if metrics_host is not None:
+            raise SettingsError("metrics_host", metrics_host, "set metrics_port too")
+        return None, None
+    if metrics_port != 0 and metrics_port == port and (metrics_host or host) == host:
+        raise SettingsError("metrics_port", metrics_port, "must differ from port on the same host")
+    return metrics_host, metrics_port
 
 
 def _limits(where: str, base: Limits, values: Mapping[str, Any]) -> Limits:

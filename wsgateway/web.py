@@ -403,12 +403,16 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", status_page)
+def add_routes(app: web.Application, *, metrics: bool = True) -> None:
+    """The public routes; ``metrics=False`` leaves out the status page and the metrics views
+    (served by the metrics listener instead, see ``listener.py``)."""
+    if metrics:
+        app.router.add_get("/", status_page)
     app.router.add_get("/api", index)
     app.router.add_get("/ws/{channel}", websocket)
     app.router.add_post("/api/publish", publish)
-    app.router.add_get("/metrics", prometheus_metrics)
-    app.router.add_get("/api/ws/metrics", json_metrics)
+    if metrics:
+        app.router.add_get("/metrics", prometheus_metrics)
+        app.router.add_get("/api/ws/metrics", json_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
