@@ -95,11 +95,15 @@ class Connection:
             self._topics = set()
         self._topics.add(topic)
 
-    def discard_topic(self, topic: str) -> None:
-        if self._topics is not None:
-            self._topics.discard(topic)
-            if not self._topics:
-                self._topics = None
+    def discard_topic(self, topic: str) -> bool:
+        """Drop ``topic``; True when this client had it."""
+        topics = self._topics
+        if topics is None or topic not in topics:
+            return False
+        topics.discard(topic)
+        if not topics:
+            self._topics = None
+        return True
 
     def strike(self, now: float) -> bool:
         """Record a rate-limit violation; True when it is one too many (close with 1008)."""
