@@ -725,3 +725,79 @@ def test_bad_allowed_origins_name_the_setting(tmp_path: Path, origin: str) -> No
 def test_allowed_origins_must_be_a_list(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "allowed_origins = 3\n")
     assert_names(settings_error(config_file=path), "allowed_origins", 3)
+
+
+# -- the listener: header_timeout, max_pending_per_ip, metrics_host/metrics_port ----------------
+
+
+def test_listener_defaults() -> None:
+    settings = load_settings()
+    assert settings.header_timeout == 10.0
+    assert settings.max_pending_per_ip == 256
+    assert settings.metrics_host is None
+    assert settings.metrics_port is None
+
+
+def test_listener_settings_from_env() -> None:
+    settings = load_settings(
+        env={
+            "WSGATEWAY_HEADER_TIMEOUT": "2.5",
+            "WSGATEWAY_MAX_PENDING_PER_IP": "10",
+            "WSGATEWAY_METRICS_HOST": "10.0.0.5",
+            "WSGATEWAY_METRICS_PORT": "9100",
+        }
+    )
+    assert settings.header_timeout == 2.5
+    assert settings.max_pending_per_ip == 10
+    assert (settings.metrics_host, settings.metrics_port) == ("10.0.0.5", 9100)
+
+
+def test_listener_settings_from_toml(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "header_timeout = 3\nmax_pending_per_ip = 1\nmetrics_port = 0\n")
+    settings = load_settings(config_file=path)
+    assert settings.header_timeout == 3.0
+    assert settings.max_pending_per_ip == 1
+    assert (settings.metrics_host, settings.metrics_port) == (None, 0)
+
+
+def test_empty_metrics_port_means_no_metrics_listener() -> None:
+    settings = load_settings(env={"WSGATEWAY_METRICS_PORT": "", "WSGATEWAY_METRICS_HOST": ""})
+    assert (settings.metrics_host, settings.metrics_port) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "setting", "value", "allowed"),
+    [
+        ("HEADER_TIMEOUT", "header_timeout", "0", "expected a number from 0.5 to 3600"),
+        ("HEADER_TIMEOUT", "header_timeout", "3601", "expected a number from 0.5 to 3600"),
+        ("HEADER_TIMEOUT", "header_timeout", "soon", "expected a number from 0.5 to 3600"),
+        ("MAX_PENDING_PER_IP", "max_pending_per_ip", "0", "expected an integer from 1 to"),
+        ("MAX_PENDING_PER_IP", "max_pending_per_ip", "2.5", "expected an integer from 1 to"),
+        ("METRICS_PORT", "metrics_port", "65536", "expected an integer from 0 to 65535"),
+        ("METRICS_PORT", "metrics_port", "metrics", "expected an integer from 0 to 65535"),
+    ],
+)
+def test_bad_listener_settings(variable: str, setting: str, value: str, allowed: str) -> None:
+    error = settings_error(env={f"WSGATEWAY_{variable}": value})
+    assert_names(error, setting, value)
+    assert allowed in str(error)
+
+
+def test_metrics_port_must_differ_from_port_on_the_same_host() -> None:
+    error = settings_error(env={"WSGATEWAY_PORT": "8080", "WSGATEWAY_METRICS_PORT": "8080"})
+    assert_names(error, "metrics_port", 8080)
+    assert "must differ from port" in str(error)
+    other_host = load_settings(
+        env={
+            "WSGATEWAY_PORT": "8080",
+            "WSGATEWAY_METRICS_PORT": "8080",
+            "WSGATEWAY_METRICS_HOST": "10.0.0.5",
+        }
+    )
+    assert other_host.metrics_port == 8080
+
+
+def test_metrics_host_without_metrics_port_is_refused() -> None:
+    error = settings_error(env={"WSGATEWAY_METRICS_HOST": "10.0.0.5"})
+    assert_names(error, "metrics_host", "10.0.0.5")
+    assert "set metrics_port too" in str(error)
