@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import json
@@ -12,10 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import jwt
 import pytest
@@ -23,8 +20,6 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from wsgateway import cli
-
-from .conftest import until
 
 pytestmark = pytest.mark.e2e
 
@@ -259,43 +254,3 @@ def test_serve_tunes_the_collector_for_many_long_lived_connections() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
-
-
-async def test_collect_garbage_runs_a_full_collection_only_when_one_is_owed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    counts = iter([(100, 3, 0), (200, 5, 0), (300, 2, 1), *[(0, 0, 0)] * 10_000])
-    checks: list[tuple[int, int, int]] = []
-    collections: list[int] = []
-
-    def get_count() -> tuple[int, int, int]:
-        checks.append(next(counts))
-        return checks[-1]
-
-    fake_gc = SimpleNamespace(get_count=get_count, collect=lambda: collections.append(len(checks)))
-    monkeypatch.setattr(cli, "gc", fake_gc)
-    task = asyncio.create_task(cli.collect_garbage(0.001))
-    await until(lambda: len(checks) >= 6)
-    task.cancel()
-    # Nothing promoted to the oldest generation in the first two checks: no collection.
-    assert collections == [3]
-
-
-async def test_collect_garbage_frees_cycles_waiting_in_the_oldest_generation() -> None:
-    class Node:
-        other: object = None
-
-    gc.disable()  # only the collector under test may run
-    try:
-        gc.collect()
-        holder = [Node()]
-        holder[0].other = holder[0]  # a reference cycle
-        ref = weakref.ref(holder[0])
-        gc.collect(1)  # it survives a middle collection: now in the oldest generation
-        holder.clear()  # garbage that only a full collection frees
-        assert ref() is not None
-        task = asyncio.create_task(cli.collect_garbage(0.01))
-        await until(lambda: ref() is None)
-        task.cancel()
-    finally:
-        gc.enable()

@@ -167,31 +167,9 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-#: Seconds between checks for garbage that waits on a full collection (collect_garbage).
-GC_INTERVAL = 10.0
-
-
-async def collect_garbage(interval: float = GC_INTERVAL) -> None:
-    """Every ``interval`` seconds, run a full collection if anything reached the oldest
-    generation since the last one.
-
-    With :data:`GC_THRESHOLDS` a full collection waits for 100 middle ones, so what a churn
-    of connections promoted there (aiohttp's per-connection reference cycles) stayed until
-    the next full collection, which a quiet server may never reach: ~100 MB after 20,000
-    connect/disconnects (benchmarks/churn.py). This bounds that to ``interval`` seconds of
-    churn and costs at most one full collection per interval, far fewer than the default
-    thresholds run during a storm, so the handshake gain stays.
-    """
-    while True:
-        await asyncio.sleep(interval)
-        if gc.get_count()[2] > 0:  # middle collections since the last full one
-            gc.collect()
-
-
 async def _serve(settings: Settings) -> int:
     app = create_app(settings)
     tune_gc()
-    collector = asyncio.create_task(collect_garbage(), name="wsgateway-gc")
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=10.0
     )
@@ -216,7 +194,6 @@ async def _serve(settings: Settings) -> int:
         await stop.wait()
         print("wsgateway shutting down: closing clients with 1001", flush=True)
     finally:
-        collector.cancel()
         await runner.cleanup()
     print("wsgateway stopped", flush=True)
     return EXIT_OK

@@ -162,6 +162,12 @@ class Listener:
         def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
             pending.settle(handler)
             lost(handler, exc)
+            # aiohttp 3.14 never clears the callback a WebSocket with a heartbeat installs
+            # (its bound method holds the response, which holds the request, which holds
+            # this handler): a reference cycle per connection that only a full collection
+            # frees, which serve runs rarely (cli.GC_THRESHOLDS). No data comes after
+            # connection_lost, so the callback has nothing left to do.
+            handler._data_received_cb = None
 
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
