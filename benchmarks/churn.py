@@ -9,7 +9,8 @@ Starts ``wsgateway serve`` (uvloop, admission limits raised), then:
    and dropped at once (handshakes/s again);
 3. waits ``--idle`` seconds and reads the server's RSS.
 
-Prints one JSON object: handshakes/s of both phases and the server's RSS (MiB) at start,
+Prints one JSON object: handshakes/s of both phases (and the server's CPU per handshake in
+the storm) and the server's RSS (MiB) at start,
 right after the churn and after the idle wait. Everything runs on 127.0.0.1.
 
     python benchmarks/churn.py --storm 0            # churn and RSS only
@@ -57,6 +58,13 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def quiet(line: str) -> None:
     pass
 
@@ -99,10 +107,14 @@ async def measure(args: argparse.Namespace) -> dict[str, object]:
         stats = Stats()
         errors = 0
         if args.storm:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds(server.pid)
             fleet = await open_fleet(cfg, stats, True, quiet)
             result["storm_handshakes_per_s"] = round(
                 len(fleet.clients) / (time.perf_counter() - started), 1
+            )
+            # CPU per handshake: less at the mercy of other work on a shared machine.
+            result["storm_server_cpu_us_per_handshake"] = round(
+                (cpu_seconds(server.pid) - cpu) / max(1, len(fleet.clients)) * 1e6, 1
             )
             for client in fleet.clients:
                 client.abort()

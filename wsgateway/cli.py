@@ -154,7 +154,9 @@ def _run(settings: Settings, loop_factory: Any) -> int:
 #: (py-spy), most of it in full collections.
 #: Running one full collection where the default runs ten took handshakes/s up 12% (2,000
 #: connections) to 30% (8,000) and paced CPU down 3%; young collections stay as frequent
-#: as ever, so cyclic garbage is still freed soon (benchmarks/README.md).
+#: as ever, so cyclic garbage is still freed soon (benchmarks/README.md). A closed
+#: connection leaves no reference cycle behind (listener.py, web._drop_tracebacks), so rare
+#: full collections hold no connection's memory: benchmarks/churn.py.
 GC_THRESHOLDS = (700, 10, 100)
 
 
