@@ -13,13 +13,17 @@ from wsgateway.auth import (
     bearer_token,
     check_origin,
     check_publisher,
+    is_loopback_host,
     verify_user_token,
 )
 from wsgateway.errors import (
     ForbiddenOrigin,
     PublishError,
     PublishForbidden,
+    PublishForbiddenHost,
+    PublishForbiddenOrigin,
     PublishUnauthorized,
+    PublishUnsupportedMediaType,
     Unauthorized,
 )
 
@@ -203,10 +207,25 @@ def test_bearer_token(header: str | None, expected: str | None) -> None:
 
 # -- check_publisher --------------------------------------------------------------------------
 
+#: What a local program (curl, the CLI) sends to a gateway bound to 127.0.0.1:8080.
+LOCAL_REQUEST: dict[str, Any] = {
+    "host": "127.0.0.1:8080",
+    "origin": None,
+    "content_type": "application/json",
+    "bound_host": "127.0.0.1",
+}
+
+
+def publish_check(
+    token: str | None, expected: str | None, remote: str | None, **request: Any
+) -> object:
+    """check_publisher for a request like a local program's, with ``request`` changed."""
+    return check_publisher(token, expected, remote, **{**LOCAL_REQUEST, **request})
+
 
 def test_publisher_with_right_token() -> None:
-    assert check_publisher(PUBLISH_TOKEN, PUBLISH_TOKEN, "203.0.113.7") is None
-    assert check_publisher(PUBLISH_TOKEN, PUBLISH_TOKEN, None) is None
+    assert publish_check(PUBLISH_TOKEN, PUBLISH_TOKEN, "203.0.113.7") is None
+    assert publish_check(PUBLISH_TOKEN, PUBLISH_TOKEN, None) is None
 
 
 @pytest.mark.parametrize(
@@ -217,7 +236,7 @@ def test_publisher_with_right_token() -> None:
 @pytest.mark.parametrize("remote", ["127.0.0.1", "203.0.113.7"])
 def test_publisher_with_wrong_token(token: str, remote: str) -> None:
     with pytest.raises(PublishUnauthorized) as info:
-        check_publisher(token, PUBLISH_TOKEN, remote)
+        publish_check(token, PUBLISH_TOKEN, remote)
     exc = info.value
     assert exc.status == 401
     assert exc.code == "unauthorized"
@@ -231,19 +250,19 @@ def test_publisher_with_wrong_token(token: str, remote: str) -> None:
 def test_publisher_with_missing_token_when_one_is_configured(remote: str | None) -> None:
     # Loopback is no excuse once a token is configured.
     with pytest.raises(PublishUnauthorized) as info:
-        check_publisher(None, PUBLISH_TOKEN, remote)
+        publish_check(None, PUBLISH_TOKEN, remote)
     assert info.value.field == "Authorization"
     assert PUBLISH_TOKEN not in str(info.value)
 
 
 @pytest.mark.parametrize("remote", ["127.0.0.1", "127.0.0.2", "127.255.255.254", "::1"])
 def test_no_token_configured_allows_loopback(remote: str) -> None:
-    assert check_publisher(None, None, remote) is None
-    assert check_publisher("anything", None, remote) is None
+    assert publish_check(None, None, remote) is None
+    assert publish_check("anything", None, remote) is None
 
 
 def test_no_token_configured_allows_ipv4_mapped_loopback() -> None:
-    assert check_publisher(None, None, "::ffff:127.0.0.1") is None
+    assert publish_check(None, None, "::ffff:127.0.0.1") is None
 
 
 @pytest.mark.parametrize(
@@ -264,7 +283,7 @@ def test_no_token_configured_allows_ipv4_mapped_loopback() -> None:
 )
 def test_no_token_configured_refuses_other_addresses(remote: str | None) -> None:
     with pytest.raises(PublishForbidden) as info:
-        check_publisher(None, None, remote)
+        publish_check(None, None, remote)
     exc = info.value
     assert isinstance(exc, PublishError)
     assert exc.status == 403
@@ -275,7 +294,7 @@ def test_no_token_configured_refuses_other_addresses(remote: str | None) -> None
 
 def test_no_token_configured_refuses_remote_even_with_a_token() -> None:
     with pytest.raises(PublishForbidden):
-        check_publisher("some-token", None, "198.51.100.1")
+        publish_check("some-token", None, "198.51.100.1")
 
 
 # -- check_origin -----------------------------------------------------------------------------
@@ -327,3 +346,138 @@ def test_refused_origin_message_is_bounded() -> None:
     with pytest.raises(ForbiddenOrigin) as info:
         check_origin("https://" + "a" * 5000 + ".net", ALLOWED)
     assert len(info.value.message) < 150
+
+
+# -- the loopback rule against cross-site and relayed publishing --------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:8080",
+        "127.0.0.1",
+        "127.1.2.3:80",
+        "[::1]:8080",
+        "[::1]",
+        "localhost:8080",
+        "LOCALHOST",
+        "localhost.",
+        "gw.internal:8080",  # the bound host (below)
+    ],
+)
+def test_loopback_rule_accepts_local_host_names(host: str) -> None:
+    assert publish_check(None, None, "127.0.0.1", host=host, bound_host="gw.internal") is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example:8080",  # DNS rebinding: evil.example now resolves to 127.0.0.1
+        "127.0.0.1.nip.io",
+        "0.0.0.0:8080",  # the wildcard bind is not a name for this host
+        "10.0.0.5:8080",
+        "[::1",
+        "[::1]x",
+        "127.0.0.1:http",
+        "::1",  # an IPv6 literal must be bracketed
+        "",
+        None,
+    ],
+)
+def test_loopback_rule_refuses_other_host_headers(host: str | None) -> None:
+    with pytest.raises(PublishForbiddenHost) as info:
+        publish_check(None, None, "127.0.0.1", host=host, bound_host="0.0.0.0")
+    exc = info.value
+    assert (exc.status, exc.code, exc.field) == (403, "forbidden_host", "Host")
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://127.0.0.1:8080", "HTTP://127.0.0.1:8080", "https://127.0.0.1:8080"]
+)
+def test_loopback_rule_accepts_the_gateways_own_origin(origin: str) -> None:
+    assert publish_check(None, None, "127.0.0.1", origin=origin) is None
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "http://127.0.0.1:3000",  # another local service's page
+        "http://localhost:8080",  # same host, another name: another origin
+        "null",  # sandboxed frames, file: pages
+        "",
+    ],
+)
+def test_loopback_rule_refuses_a_foreign_origin(origin: str) -> None:
+    with pytest.raises(PublishForbiddenOrigin) as info:
+        publish_check(None, None, "127.0.0.1", origin=origin)
+    exc = info.value
+    assert (exc.status, exc.code, exc.field) == (403, "forbidden_origin", "Origin")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON ;charset=UTF-8"],
+)
+def test_loopback_rule_accepts_json(content_type: str) -> None:
+    assert publish_check(None, None, "127.0.0.1", content_type=content_type) is None
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",  # a cross-site fetch() without a CORS preflight
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",  # an HTML form, or curl -d
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "application/jsonx",
+        "",
+        None,  # a Blob body without a type: no Content-Type at all
+    ],
+)
+def test_loopback_rule_refuses_other_media_types(content_type: str | None) -> None:
+    with pytest.raises(PublishUnsupportedMediaType) as info:
+        publish_check(None, None, "127.0.0.1", content_type=content_type)
+    exc = info.value
+    assert (exc.status, exc.code, exc.field) == (415, "unsupported_media_type", "Content-Type")
+
+
+def test_loopback_rule_refuses_a_request_relayed_by_an_unknown_proxy() -> None:
+    with pytest.raises(PublishForbidden) as info:
+        publish_check(None, None, "127.0.0.1", relayed=True)
+    exc = info.value
+    assert (exc.status, exc.code, exc.field) == (403, "forbidden", "X-Forwarded-For")
+
+
+def test_a_publish_token_lifts_the_loopback_rules_request_checks() -> None:
+    # A page cannot hold the token, so only the token is checked.
+    assert (
+        publish_check(
+            PUBLISH_TOKEN,
+            PUBLISH_TOKEN,
+            "203.0.113.7",
+            host="gw.example.com",
+            origin="https://app.example.com",
+            content_type="text/plain",
+            relayed=True,
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.5", False),
+        ("gw.example.com", False),
+    ],
+)
+def test_is_loopback_host(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback

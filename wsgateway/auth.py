@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import jwt
 
-from .errors import ForbiddenOrigin, PublishForbidden, PublishUnauthorized, Unauthorized
+from .errors import (
+    ForbiddenOrigin,
+    PublishForbidden,
+    PublishForbiddenHost,
+    PublishForbiddenOrigin,
+    PublishUnauthorized,
+    PublishUnsupportedMediaType,
+    Unauthorized,
+)
 from .protocol import is_valid_topic
 
 
@@ -79,8 +87,27 @@ def bearer_token(authorization: str | None) -> str | None:
     return None
 
 
-def check_publisher(token: str | None, expected: str | None, remote: str | None) -> None:
-    """The SPEC's publish rule: the token when one is configured, else loopback only."""
+def check_publisher(
+    token: str | None,
+    expected: str | None,
+    remote: str | None,
+    *,
+    host: str | None,
+    origin: str | None,
+    content_type: str | None,
+    bound_host: str,
+    relayed: bool = False,
+) -> None:
+    """The SPEC's publish rule: the token when one is configured, else loopback only.
+
+    ``remote`` is the client address (behind a trusted proxy, the client it names). The
+    loopback rule also refuses what a browser page or a proxy on this host could send for
+    someone else: a request relayed by a proxy that is not in trusted_proxies
+    (``relayed``), a ``Host`` that is not this host (DNS rebinding: a page on a name that
+    now resolves to 127.0.0.1), an ``Origin`` other than the gateway's own, and a body not
+    declared ``application/json`` (what an HTML form or a cross-site ``fetch`` without a
+    CORS preflight can send). With a token none of this applies: a page cannot hold it.
+    """
     if expected is not None:
         if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
             raise PublishUnauthorized(
@@ -91,6 +118,77 @@ def check_publisher(token: str | None, expected: str | None, remote: str | None)
         raise PublishForbidden(
             "Authorization", "no publish_token is configured, so only loopback clients may publish"
         )
+    if relayed:
+        raise PublishForbidden(
+            "X-Forwarded-For",
+            "relayed by a proxy that is not in trusted_proxies; without a publish_token only "
+            "loopback clients may publish",
+        )
+    name = host_name(host)
+    if name is None or not is_local_host(name, bound_host):
+        raise PublishForbiddenHost(
+            "Host",
+            "without a publish_token, publish to a loopback address, localhost or the "
+            "gateway's bound host",
+        )
+    if origin is not None and origin.lower() not in (
+        f"http://{host}".lower(),
+        f"https://{host}".lower(),
+    ):
+        raise PublishForbiddenOrigin(
+            "Origin", "a browser page from another origin may not publish without a publish_token"
+        )
+    if not is_json_media_type(content_type):
+        raise PublishUnsupportedMediaType(
+            "Content-Type", "send the body as Content-Type: application/json"
+        )
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json``, with parameters or without (``; charset=utf-8``)."""
+    if content_type is None:
+        return False
+    return content_type.partition(";")[0].strip().lower() == "application/json"
+
+
+def host_name(host: str | None) -> str | None:
+    """The name in a ``Host`` header, without the port and brackets, lower case; None when
+    it is missing or malformed."""
+    if not host:
+        return None
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        return name
+    name, _, port = host.partition(":")
+    if port and not port.isdigit():
+        return None
+    return name.rstrip(".") or None
+
+
+def is_local_host(name: str, bound_host: str) -> bool:
+    """``name`` (from :func:`host_name`) can only mean this host: a loopback address,
+    ``localhost``, or the host the gateway is bound to (unless that is a wildcard such as
+    0.0.0.0, which no client should type)."""
+    if name == "localhost" or _is_loopback_address(name):
+        return True
+    bound = bound_host.strip("[]").lower()
+    return name == bound and not _is_unspecified(bound)
+
+
+def is_loopback_host(host: str) -> bool:
+    """A bind address that only this host can reach (for the start-up warning)."""
+    host = host.strip("[]").lower()
+    return host == "localhost" or _is_loopback_address(host)
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 def _is_loopback(remote: str | None) -> bool:

@@ -9,13 +9,17 @@ the data a reply needs. Each branch declares how it reaches the outside world:
      │    ├── UnknownChannel              404
      │    ├── Unauthorized                401
      │    ├── ForbiddenOrigin             403
-     │    ├── ConnectionRateLimited       429 + Retry-After
+     │    ├── ConnectionRateLimited       429 + Retry-After (one address, per minute)
+     │    │    └── HandshakeRateLimited   429 + jittered Retry-After (the channel, per second)
      │    ├── TooManyConnectionsFromAddress 429
      │    ├── ChannelFull                 503
      │    └── Draining                    503
      ├── PublishError             a bad POST /api/publish (HTTP status, names the field)
      │    ├── PublishUnauthorized         401
      │    ├── PublishForbidden            403
+     │    │    ├── PublishForbiddenOrigin 403 (loopback rule: a browser page from elsewhere)
+     │    │    └── PublishForbiddenHost   403 (loopback rule: Host not local, DNS rebinding)
+     │    ├── PublishUnsupportedMediaType 415 (loopback rule: not application/json)
      │    └── BrokerUnavailable           503
      ├── ClientError              a bad client frame: an ``error`` reply, the connection stays
      │    ├── BadJson, BadMessage, UnknownType, InvalidTopic, TooManyTopics,
@@ -58,6 +62,8 @@ class Rejected(GatewayError):
     status: ClassVar[int] = 400
     #: closed set used as the ``reason`` label of wsgateway_connections_rejected_total
     reason: ClassVar[str] = "bad_handshake"
+    #: the ``limit`` label of wsgateway_rate_limit_hits_total, for a rate-limit refusal
+    limit: ClassVar[str | None] = None
     retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
@@ -81,12 +87,22 @@ class ForbiddenOrigin(Rejected):
 
 
 class ConnectionRateLimited(Rejected):
+    """One client address over ``connections_per_minute``."""
+
     status = 429
     reason = "rate_limited"
+    limit = "connections_per_minute"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class HandshakeRateLimited(ConnectionRateLimited):
+    """The channel over ``handshakes_per_second``, whoever asks."""
+
+    reason = "handshake_rate"
+    limit = "handshakes_per_second"
 
 
 class TooManyConnectionsFromAddress(Rejected):
@@ -127,6 +143,19 @@ class PublishUnauthorized(PublishError):
 class PublishForbidden(PublishError):
     status = 403
     code = "forbidden"
+
+
+class PublishForbiddenOrigin(PublishForbidden):
+    code = "forbidden_origin"
+
+
+class PublishForbiddenHost(PublishForbidden):
+    code = "forbidden_host"
+
+
+class PublishUnsupportedMediaType(PublishError):
+    status = 415
+    code = "unsupported_media_type"
 
 
 class BrokerUnavailable(PublishError):
