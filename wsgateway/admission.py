@@ -39,11 +39,10 @@ from .settings import Limits
 
 #: The connection-rate window: ``connections_per_minute`` counts admissions in 60 s.
 WINDOW_SECONDS = 60.0
-#: A client refused by the handshake budget is told to come back after 1 to this many
-#: seconds, uniformly: 10,000 clients refused in one second return spread over 5 s, i.e.
-#: about 2,000/s against the default budget of 1,000/s, and the ones refused again spread
-#: out once more, instead of all returning in the same second and being refused together.
-HANDSHAKE_RETRY_SPREAD = 5
+#: The longest Retry-After a client refused by the handshake budget is given (see
+#: Admission._retry_after): an attacker's refused handshakes cannot push honest clients
+#: further out than this.
+MAX_HANDSHAKE_RETRY = 30
 
 
 @functools.lru_cache(maxsize=4096)  # the same addresses connect again and again
@@ -93,6 +92,7 @@ class Admission:
         self._handshakes = TokenBucket(
             limits.handshakes_per_second, limits.handshake_burst, clock()
         )
+        self._horizon = clock()  # the latest return time handed out (see _retry_after)
 
     def admit(self, address: str, connections: int) -> None:
         """Reserve a place for ``address`` on a channel with ``connections`` open ones, or
@@ -120,12 +120,10 @@ class Admission:
                 window.retry_after(now),
             )
         if not self._handshakes.try_take(now):
-            wait = math.ceil(self._handshakes.wait_time(now))
-            jitter = int(self._random() * HANDSHAKE_RETRY_SPREAD)
             raise HandshakeRateLimited(
                 f"over {limits.handshakes_per_second} new connections per second; "
                 "retry after the Retry-After seconds",
-                max(1, wait) + min(jitter, HANDSHAKE_RETRY_SPREAD - 1),
+                self._retry_after(now),
             )
         if window is None:
             window = SlidingWindow(limits.connections_per_minute, WINDOW_SECONDS)
@@ -135,6 +133,23 @@ class Admission:
         self._windows[key] = (window, now)
         self.admitting += 1
         self._open.add(key)
+
+    def _retry_after(self, now: float) -> int:
+        """Whole seconds a client refused by the handshake budget should wait.
+
+        Each refused client is given the next free slot of the budget after the ones
+        already handed out (``_horizon`` moves on by 1/rate per refusal), plus up to one
+        second at random: a herd of 10,000 refused in the same second is told to come back
+        spread over the next ten, about ``handshakes_per_second`` per second, instead of
+        all at once (to be refused together again). The horizon stops at
+        MAX_HANDSHAKE_RETRY seconds ahead, so a flood of refused handshakes cannot push
+        honest clients further out than that.
+        """
+        slot = max(self._horizon, now) + 1.0 / self.limits.handshakes_per_second
+        if slot - now < MAX_HANDSHAKE_RETRY:
+            self._horizon = slot
+        wait = min(slot - now, MAX_HANDSHAKE_RETRY - 1) + self._random()
+        return max(1, math.ceil(wait))
 
     def _sweep(self, now: float) -> None:
         horizon = now - WINDOW_SECONDS
