@@ -24,9 +24,9 @@ from wsgateway.channel import HOLD_BYTES, HOLD_RETRY_SECONDS
 from wsgateway.errors import (
     ChannelFull,
     ConnectionRateLimited,
-    HandshakeRateLimited,
     Draining,
     ForbiddenTopic,
+    HandshakeRateLimited,
     TooManyConnectionsFromAddress,
     TooManyTopics,
 )

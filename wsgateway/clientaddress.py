@@ -34,9 +34,6 @@ FORWARDING_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
 # RFC 7239, 6.3: obfnode = "_" 1*( ALPHA / DIGIT / "." / "_" / "-" ); bounded here, since
 # it becomes a key of the admission limits and a word of the logs.
 _OBFUSCATED = re.compile(r"_[A-Za-z0-9._-]{1,63}")
-# One element of a Forwarded header: up to a comma that is not inside a quoted string.
-_ELEMENT = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
-_FOR = re.compile(r'(?:^|;)\s*for\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)\s*(?:;|$)', re.IGNORECASE)
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
@@ -79,18 +76,63 @@ def client_address(
 
 def _forwarded_for(header: str) -> list[str]:
     """The ``for=`` node of each element of a ``Forwarded`` header, unquoted; an element
-    without one gives ``unknown``."""
+    without exactly one gives ``unknown`` (RFC 7239, 4: a parameter at most once)."""
     nodes = []
-    for element in _ELEMENT.findall(header):
-        match = _FOR.search(element.strip())
-        if match is None:
-            nodes.append(UNKNOWN)
-            continue
-        value = match.group(1)
+    for element in _split(header, ","):
+        values = []
+        for pair in _split(element, ";"):
+            name, equals, value = pair.partition("=")
+            if equals and name.strip().lower() == "for":
+                values.append(value.strip())
+        value = values[0] if len(values) == 1 else ""
         if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            value = _unquote(value)
         nodes.append(value or UNKNOWN)
     return nodes
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """``text`` split at each ``separator`` outside a quoted string. One pass over the
+    text (a regular expression for this backtracks quadratically on ``\\"`` runs)."""
+    if '"' not in text:
+        return text.split(separator)
+    parts = []
+    start = 0
+    quoted = escaped = False
+    for i, char in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted:
+            if char == "\\":
+                escaped = True
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == separator:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _unquote(value: str) -> str:
+    """The text of a quoted string (RFC 9110 5.6.4), or "" when it is not one."""
+    if len(value) < 2 or value[-1] != '"':
+        return ""
+    out = []
+    escaped = False
+    for char in value[1:-1]:
+        if escaped:
+            out.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            return ""  # a quote inside: not one quoted string
+        else:
+            out.append(char)
+    return "" if escaped else "".join(out)
 
 
 @functools.lru_cache(maxsize=4096)  # the same clients and proxies again and again
