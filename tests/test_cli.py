@@ -254,3 +254,25 @@ def test_serve_tunes_the_collector_for_many_long_lived_connections() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("0.0.0.0", None, True),
+        ("::", None, True),
+        ("10.0.0.5", None, True),
+        ("gw.example.com", None, True),
+        ("127.0.0.1", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("0.0.0.0", PUBLISH_TOKEN, False),
+    ],
+)
+def test_serve_warns_when_the_loopback_rule_guards_a_public_bind(
+    host: str, token: str | None, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = cli.Settings(host=host, publish_token=token)
+    with caplog.at_level("WARNING", logger="wsgateway"):
+        assert cli.warn_about_exposed_loopback_rule(settings) is warned
+    assert ("no publish_token is set and the gateway listens on" in caplog.text) is warned
