@@ -47,7 +47,6 @@ class Channel:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        admission: Admission | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -59,7 +58,7 @@ class Channel:
         self._connections: set[Connection] = set()
         self._topics: dict[str, set[Connection]] = {}
         self._wildcard: set[Connection] = set()
-        self.admission = admission or Admission(name, limits, clock=clock)
+        self.admission = Admission(name, limits, clock=clock)
         self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
         self._dirty: list[Connection] = []
         # Publish times of the updates queued this loop turn: the flush observes their
