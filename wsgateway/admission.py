@@ -45,9 +45,15 @@ WINDOW_SECONDS = 60.0
 MAX_HANDSHAKE_RETRY = 30
 
 
-@functools.lru_cache(maxsize=4096)  # the same addresses connect again and again
 def address_key(address: str) -> str:
     """The key under which per-address limits count ``address`` (see the module docstring)."""
+    if ":" not in address:
+        return address  # IPv4 as the socket (or a trusted proxy, via ip_address) wrote it
+    return _ipv6_key(address)
+
+
+@functools.lru_cache(maxsize=4096)  # the same addresses connect again and again
+def _ipv6_key(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
