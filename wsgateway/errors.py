@@ -20,7 +20,8 @@ the data a reply needs. Each branch declares how it reaches the outside world:
      │    │    ├── PublishForbiddenOrigin 403 (loopback rule: a browser page from elsewhere)
      │    │    └── PublishForbiddenHost   403 (loopback rule: Host not local, DNS rebinding)
      │    ├── PublishUnsupportedMediaType 415 (loopback rule: not application/json)
-     │    └── BrokerUnavailable           503
+     │    ├── UnsupportedEncoding         415 (a compressed body, refused unread)
+     │    └── BrokerUnavailable           503 + Retry-After
      ├── ClientError              a bad client frame: an ``error`` reply, the connection stays
      │    ├── BadJson, BadMessage, UnknownType, InvalidTopic, TooManyTopics,
      │    └── ForbiddenTopic, RateLimited
@@ -128,6 +129,8 @@ class PublishError(GatewayError):
 
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
+    #: seconds for a Retry-After header, when trying again later may succeed
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
@@ -158,9 +161,18 @@ class PublishUnsupportedMediaType(PublishError):
     code = "unsupported_media_type"
 
 
+class UnsupportedEncoding(PublishError):
+    """A compressed body (Content-Encoding): refused unread, so no one can make the gateway
+    inflate a small body into a large one."""
+
+    status = 415
+    code = "unsupported_encoding"
+
+
 class BrokerUnavailable(PublishError):
     status = 503
     code = "broker_unavailable"
+    retry_after = 5
 
 
 # -- client frames: an error reply, the connection stays open ---------------------------------

@@ -340,6 +340,7 @@ async def publish(request: web.Request) -> web.Response:
             bound_host=gateway.settings.host,
             relayed=CLIENT not in request and any(h in headers for h in FORWARDING_HEADERS),
         )
+        protocol.check_content_encoding(request.headers.getall("Content-Encoding", ()))
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -351,14 +352,11 @@ async def publish(request: web.Request) -> web.Response:
                 },
                 413,
             )
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise PublishError("body", "not valid JSON") from None
-        accepted = await gateway.publish_document(document)
+        accepted = await gateway.publish_document(protocol.load_publish_body(body))
     except PublishError as exc:
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return json_response(
-            {"error": exc.code, "field": exc.field, "message": exc.message}, exc.status
+            {"error": exc.code, "field": exc.field, "message": exc.message}, exc.status, retry
         )
     return json_response({"accepted": accepted})
 
