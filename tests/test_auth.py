@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from typing import Any
 
@@ -9,6 +12,7 @@ import jwt
 import pytest
 
 from wsgateway.auth import (
+    EXPIRY_HORIZON,
     Identity,
     bearer_token,
     check_origin,
@@ -38,9 +42,26 @@ def make_token(claims: dict[str, Any], key: str = SECRET, algorithm: str = "HS25
     return jwt.encode(claims, key, algorithm=algorithm)
 
 
-def refused(token: str | None, secret: str | None = SECRET) -> Unauthorized:
+def raw_token(payload: str, key: str = SECRET) -> str:
+    """An HS256 token whose payload is exactly ``payload`` (JSON text PyJWT would not write,
+    e.g. ``1e300`` or a 400-digit integer)."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(payload.encode())
+    signature = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(signature)
+
+
+def raw_claim(name: str, json_text: str) -> str:
+    """A token for ``alice`` whose claim ``name`` is ``json_text`` as written."""
+    return raw_token('{"sub": "alice", "' + name + '": ' + json_text + "}")
+
+
+def refused(token: str | None, secret: str | None = SECRET, **rules: Any) -> Unauthorized:
     with pytest.raises(Unauthorized) as info:
-        verify_user_token(token, secret)
+        verify_user_token(token, secret, **rules)
     exc = info.value
     assert exc.status == 401
     assert exc.reason == "unauthorized"
@@ -179,6 +200,119 @@ def test_error_messages_never_contain_the_token() -> None:
             verify_user_token(token, SECRET)
         assert token not in str(info.value)
         assert SECRET not in str(info.value)
+
+
+# -- time claims, audience, issuer, lifetime ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "message"),
+    [
+        # PyJWT reads numeric strings as numbers; the expiry timer read "exp": "..." as none
+        # and kept the connection open past the time the string meant.
+        ("exp", "99999999999", '"exp" must be a number (seconds since 1970)'),
+        ("nbf", "1", '"nbf" must be a number (seconds since 1970)'),
+        ("iat", "1", '"iat" must be a number (seconds since 1970)'),
+        # Refused by PyJWT already, before the type check.
+        ("exp", "1", "token expired"),
+        ("exp", "1e9", "invalid token (DecodeError)"),
+        ("nbf", "99999999999", "invalid token (ImmatureSignatureError)"),
+    ],
+)
+def test_time_claims_given_as_strings_are_refused(claim: str, value: str, message: str) -> None:
+    assert refused(make_token({"sub": "alice", claim: value})).message == message
+
+
+@pytest.mark.parametrize("value", ["true", "false"])
+def test_boolean_time_claim_is_refused(value: str) -> None:
+    exc = refused(raw_claim("nbf", value))
+    assert exc.message == '"nbf" must be a number (seconds since 1970)'
+
+
+@pytest.mark.parametrize(
+    "exp", ["1e300", "1" + "0" * 30, "1" + "0" * 400, "1.7976931348623157e308"]
+)
+def test_huge_exp_is_accepted_as_never(exp: str) -> None:
+    """Today a 400-digit exp raised OverflowError (a 500); none of these sets a timer."""
+    identity = verify_user_token(raw_claim("exp", exp), SECRET)
+    assert identity == Identity("alice", None)
+
+
+@pytest.mark.parametrize("exp", ["1e400", "-1e400", "NaN", "Infinity", "null", "[1]"])
+def test_exp_that_is_no_finite_number_is_refused(exp: str) -> None:
+    exc = refused(raw_claim("exp", exp))
+    assert exc.message in ("invalid token (DecodeError)", "token expired")
+
+
+def test_exp_just_inside_the_horizon_keeps_its_timer() -> None:
+    now = time.time()
+    exp = int(now) + EXPIRY_HORIZON - 60
+    assert verify_user_token(make_token({"sub": "a", "exp": exp}), SECRET, now=now) == (
+        Identity("a", float(exp))
+    )
+
+
+AUDIENCE, ISSUER = "wsgateway", "https://auth.example.com"
+
+
+def test_audience_and_issuer_when_configured() -> None:
+    token = make_token({"sub": "alice", "aud": AUDIENCE, "iss": ISSUER})
+    identity = verify_user_token(token, SECRET, audience=AUDIENCE, issuer=ISSUER)
+    assert identity == Identity("alice", None)
+    listed = make_token({"sub": "alice", "aud": ["other", AUDIENCE]})
+    assert verify_user_token(listed, SECRET, audience=AUDIENCE).user == "alice"
+
+
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        pytest.param({"aud": "other", "iss": ISSUER}, "InvalidAudienceError", id="wrong-aud"),
+        pytest.param({}, "MissingRequiredClaimError", id="no-aud"),
+        pytest.param({"aud": AUDIENCE, "iss": "evil"}, "InvalidIssuerError", id="wrong-iss"),
+        pytest.param({"aud": AUDIENCE}, "MissingRequiredClaimError", id="no-iss"),
+    ],
+)
+def test_audience_and_issuer_are_verified_when_set(claims: dict[str, Any], error: str) -> None:
+    token = make_token({"sub": "alice", **claims})
+    exc = refused(token, audience=AUDIENCE, issuer=ISSUER)
+    assert exc.message == f"invalid token ({error})"
+
+
+def test_token_with_an_audience_is_refused_when_none_is_configured() -> None:
+    # PyJWT's rule, kept: a token meant for someone else is not for us either.
+    exc = refused(make_token({"sub": "alice", "aud": AUDIENCE}))
+    assert exc.message == "invalid token (InvalidAudienceError)"
+
+
+def test_max_lifetime_accepts_a_token_within_it() -> None:
+    now = time.time()
+    token = make_token({"sub": "alice", "exp": int(now) + 600})
+    assert verify_user_token(token, SECRET, max_lifetime=600, now=now).expires == int(now) + 600
+
+
+def test_max_lifetime_refuses_a_token_without_exp() -> None:
+    exc = refused(make_token({"sub": "alice"}), max_lifetime=600)
+    assert exc.message == 'token has no "exp"; this gateway accepts only tokens that expire'
+
+
+@pytest.mark.parametrize("exp", ["601", "1e300", "1" + "0" * 400])
+def test_max_lifetime_refuses_a_token_that_lives_longer(exp: str) -> None:
+    now = time.time()
+    value = str(int(now) + 601) if exp == "601" else exp
+    exc = refused(raw_claim("exp", value), max_lifetime=600, now=now)
+    assert exc.message == (
+        'token lives too long: "exp" is more than 600 seconds away (max_token_lifetime)'
+    )
+
+
+def test_max_lifetime_judges_exp_not_iat() -> None:
+    """An old iat does not make a token expiring soon any more dangerous, and a fresh iat
+    does not shorten one that expires late: only exp counts."""
+    now = time.time()
+    old = make_token({"sub": "a", "iat": int(now) - 86400, "exp": int(now) + 60})
+    assert verify_user_token(old, SECRET, max_lifetime=600, now=now).user == "a"
+    late = make_token({"sub": "a", "iat": int(now), "exp": int(now) + 3600})
+    refused(late, max_lifetime=600, now=now)
 
 
 # -- bearer_token -----------------------------------------------------------------------------

@@ -813,3 +813,71 @@ def test_handshake_budget_per_channel(tmp_path: Path) -> None:
     assert settings.limits_for("ticker").handshakes_per_second == 200
     assert settings.limits_for("user").handshake_burst == 50
     assert settings.limits_for("user").handshakes_per_second == 200
+
+
+# -- token rules --------------------------------------------------------------------------------
+
+
+def test_token_rules_are_off_by_default() -> None:
+    settings = load_settings()
+    assert settings.jwt_audience is None
+    assert settings.jwt_issuer is None
+    assert settings.max_token_lifetime is None
+
+
+def test_token_rules_from_env() -> None:
+    settings = load_settings(
+        env={
+            "WSGATEWAY_JWT_AUDIENCE": "wsgateway",
+            "WSGATEWAY_JWT_ISSUER": "https://auth.example.com",
+            "WSGATEWAY_MAX_TOKEN_LIFETIME": "900",
+        }
+    )
+    assert settings.jwt_audience == "wsgateway"
+    assert settings.jwt_issuer == "https://auth.example.com"
+    assert settings.max_token_lifetime == 900
+
+
+def test_token_rules_from_toml(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path, 'jwt_audience = "md"\njwt_issuer = "auth"\nmax_token_lifetime = 3600\n'
+    )
+    settings = load_settings(config_file=path)
+    assert (settings.jwt_audience, settings.jwt_issuer, settings.max_token_lifetime) == (
+        "md",
+        "auth",
+        3600,
+    )
+
+
+def test_empty_token_rules_mean_unset() -> None:
+    settings = load_settings(
+        env={
+            "WSGATEWAY_JWT_AUDIENCE": "",
+            "WSGATEWAY_JWT_ISSUER": "",
+            "WSGATEWAY_MAX_TOKEN_LIFETIME": "",
+        }
+    )
+    assert (settings.jwt_audience, settings.jwt_issuer, settings.max_token_lifetime) == (
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.5", "31536001", "nan", "inf", "soon"])
+def test_bad_max_token_lifetime(value: str) -> None:
+    error = settings_error(env={"WSGATEWAY_MAX_TOKEN_LIFETIME": value})
+    assert_names(error, "max_token_lifetime", value)
+    assert "expected an integer from 1 to 31536000" in str(error)
+
+
+def test_max_token_lifetime_of_a_year_is_accepted() -> None:
+    settings = load_settings(env={"WSGATEWAY_MAX_TOKEN_LIFETIME": "31536000"})
+    assert settings.max_token_lifetime == 365 * 86400
+
+
+@pytest.mark.parametrize("setting", ["jwt_audience", "jwt_issuer"])
+def test_token_rule_that_is_not_a_string(tmp_path: Path, setting: str) -> None:
+    path = write_toml(tmp_path, f"{setting} = 5\n")
+    assert_names(settings_error(config_file=path), setting, 5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+import time
 from dataclasses import dataclass
 
 import jwt
@@ -26,31 +27,78 @@ from .protocol import is_valid_topic
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """An authenticated user: ``user`` is the JWT ``sub``; ``expires`` its ``exp``, if any."""
+    """An authenticated user: ``user`` is the JWT ``sub``; ``expires`` its ``exp``, or None
+    when it has none or it lies beyond :data:`EXPIRY_HORIZON` (no connection lives as long)."""
 
     user: str
     expires: float | None
 
 
-def verify_user_token(token: str | None, secret: str | None) -> Identity:
-    """Check an HS256 JWT; raise :class:`Unauthorized` saying why it is refused."""
+#: Seconds ahead beyond which an ``exp`` is treated as "never" (ten years): no timer is set
+#: for it, and a huge ``exp`` (1e300, 10**400) is never turned into a float.
+EXPIRY_HORIZON = 10 * 365 * 86400
+# RFC 7519's NumericDate is a JSON number; PyJWT also takes numeric strings ("exp": "1e9"),
+# which the gateway's expiry timer would not have seen.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def verify_user_token(
+    token: str | None,
+    secret: str | None,
+    *,
+    audience: str | None = None,
+    issuer: str | None = None,
+    max_lifetime: float | None = None,
+    now: float | None = None,
+) -> Identity:
+    """Check an HS256 JWT; raise :class:`Unauthorized` saying why it is refused.
+
+    ``audience``/``issuer``, when given, must match the token's ``aud``/``iss`` (which must
+    be present). With ``max_lifetime`` (seconds), a token must carry an ``exp`` at most that
+    far after ``now`` (default: the system clock). ``iat`` is not used for that bound: what
+    a leaked token is worth is the time it has left, which ``exp`` alone decides.
+    """
     if secret is None:
         raise Unauthorized("this channel needs a JWT and the gateway has no jwt_secret set")
     if not token:
         raise Unauthorized("missing token: pass ?token=<JWT> or Authorization: Bearer <JWT>")
+    required = ["sub"] + [name for name, wanted in (("aud", audience), ("iss", issuer)) if wanted]
     try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["sub"]})
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=audience,
+            issuer=issuer,
+            options={"require": required},
+        )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("token expired") from None
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"invalid token ({type(exc).__name__})") from None
+    for name in _TIME_CLAIMS:
+        value = claims.get(name)
+        if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise Unauthorized(f'"{name}" must be a number (seconds since 1970)')
     user = claims["sub"]
     if not is_valid_topic(user, allow_wildcard=False):
         raise Unauthorized(
             "token subject must be a valid topic (1-64 characters of A-Z a-z 0-9 . _ - : /)"
         )
-    expires = claims.get("exp")
-    return Identity(user, float(expires) if isinstance(expires, int | float) else None)
+    now = time.time() if now is None else now
+    exp: int | float | None = claims.get("exp")
+    if max_lifetime is not None:
+        if exp is None:
+            raise Unauthorized('token has no "exp"; this gateway accepts only tokens that expire')
+        if exp > now + max_lifetime:
+            raise Unauthorized(
+                f'token lives too long: "exp" is more than {max_lifetime:g} seconds away '
+                "(max_token_lifetime)"
+            )
+    # Compared before any conversion: float(10**400) would raise.
+    if exp is None or exp > now + EXPIRY_HORIZON:
+        return Identity(user, None)
+    return Identity(user, float(exp))
 
 
 def check_origin(origin: str | None, allowed: tuple[str, ...]) -> None:

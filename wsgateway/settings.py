@@ -80,6 +80,11 @@ class Settings:
     #: Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / Forwarded
     #: header names the client; empty: the TCP peer is the client, headers are ignored
     trusted_proxies: tuple[str, ...] = ()
+    #: When set, a JWT must carry this ``aud`` / ``iss`` (401 otherwise)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    #: When set (seconds), a JWT must have an ``exp`` at most this far ahead (401 otherwise)
+    max_token_lifetime: int | None = None
     defaults: Limits = Limits()
     overrides: Mapping[str, Limits] = field(default_factory=dict)
     demo: bool = False
@@ -107,9 +112,14 @@ _TOP_LEVEL = (
     "channels",
     "allowed_origins",
     "trusted_proxies",
+    "jwt_audience",
+    "jwt_issuer",
+    "max_token_lifetime",
     "log_level",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Longest max_token_lifetime: a year (a bound longer than that bounds nothing).
+MAX_TOKEN_LIFETIME = 365 * 86400
 
 
 def load_settings(
@@ -209,6 +219,13 @@ def _build(
     channels = _channel_list(top.get("channels", base.channels))
     allowed_origins = _origin_list(top.get("allowed_origins", base.allowed_origins))
     trusted_proxies = _network_list(top.get("trusted_proxies", base.trusted_proxies))
+    jwt_audience = _optional_string("jwt_audience", top.get("jwt_audience"))
+    jwt_issuer = _optional_string("jwt_issuer", top.get("jwt_issuer"))
+    max_token_lifetime = None
+    if top.get("max_token_lifetime") not in (None, ""):
+        max_token_lifetime = _integer(
+            "max_token_lifetime", top["max_token_lifetime"], 1, MAX_TOKEN_LIFETIME
+        )
     log_level = _string("log_level", top.get("log_level", base.log_level)).upper()
     if log_level not in _LOG_LEVELS:
         raise SettingsError("log_level", log_level, "allowed: " + ", ".join(_LOG_LEVELS))
@@ -230,6 +247,9 @@ def _build(
         channels=channels,
         allowed_origins=allowed_origins,
         trusted_proxies=trusted_proxies,
+        jwt_audience=jwt_audience,
+        jwt_issuer=jwt_issuer,
+        max_token_lifetime=max_token_lifetime,
         defaults=defaults,
         overrides=overrides,
         demo=bool(top.get("demo", False)),
@@ -254,6 +274,12 @@ def _string(setting: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise SettingsError(setting, value, "expected a non-empty string")
     return value
+
+
+def _optional_string(setting: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return _string(setting, value)
 
 
 def _optional_secret(setting: str, value: object, min_length: int) -> str | None:

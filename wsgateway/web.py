@@ -194,7 +194,15 @@ def _check_request(
     if not channel.private:
         return None
     token = request.query.get("token") or bearer_token(request.headers.get("Authorization"))
-    return verify_user_token(token, gateway.settings.jwt_secret)
+    settings = gateway.settings
+    return verify_user_token(
+        token,
+        settings.jwt_secret,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        max_lifetime=settings.max_token_lifetime,
+        now=gateway.clock(),
+    )
 
 
 class _Closer:
