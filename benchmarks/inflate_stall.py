@@ -34,10 +34,11 @@ TOKEN = "t" * 32
 
 def bomb(size: int) -> bytes:
     """About ``size`` bytes of deflate that inflate to ~1,000 times as many zeros."""
-    compressor = zlib.compressobj(9)
-    out = [compressor.compress(b"\0" * 1_048_576) for _ in range(size // 1000)]
-    out.append(compressor.flush())
-    return b"".join(out)[:size]
+    # A zlib header, then one raw deflate block of 1 MiB of zeros (about 1 KB) repeated:
+    # a full flush makes each copy stand alone. Cut off unfinished, as an attacker may.
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = raw.compress(b"\0" * 1_048_576) + raw.flush(zlib.Z_FULL_FLUSH)
+    return (b"\x78\xda" + block * (size // len(block) + 1))[:size]
 
 
 async def attack(port: int, body: bytes) -> str:
@@ -98,7 +99,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def main() -> None:
+async def measure(port: int, pid: int, args: argparse.Namespace, body: bytes) -> None:
+    proc = psutil.Process(pid)
+    results = []
+    for run in range(args.runs):
+        result = await one_run(port, proc, args.attackers, body)
+        print(f"run {run + 1}: " + json.dumps({k: round(v, 3) for k, v in result.items()}))
+        results.append(result)
+    medians = {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
+    print(f"{args.attackers} x {len(body)} bytes, median of {args.runs}: {json.dumps(medians)}")
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attackers", type=int, default=3)
     parser.add_argument("--size", type=int, default=500_000, help="compressed bytes each")
@@ -115,18 +127,11 @@ async def main() -> None:
     try:
         assert server.stdout is not None
         server.stdout.readline()  # "wsgateway listening on ..."
-        proc = psutil.Process(server.pid)
-        results = []
-        for run in range(args.runs):
-            result = await one_run(port, proc, args.attackers, body)
-            print(f"run {run + 1}: " + json.dumps({k: round(v, 3) for k, v in result.items()}))
-            results.append(result)
-        medians = {k: round(statistics.median(r[k] for r in results), 3) for k in results[0]}
-        print(f"{args.attackers} x {len(body)} bytes, median of {args.runs}: {json.dumps(medians)}")
+        asyncio.run(measure(port, server.pid, args, body))
     finally:
         server.terminate()
         server.wait(15)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

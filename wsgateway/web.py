@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_websocket import WebSocketError
 from prometheus_client import exposition
 
-from . import protocol
+from . import logtext, protocol
 from .auth import Identity, bearer_token, check_origin, check_publisher, verify_user_token
 from .channel import Channel
 from .clientaddress import FORWARDING_HEADERS, client_address, is_trusted, parse_networks
@@ -54,14 +54,15 @@ def json_response(
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Access log without query strings: ``?token=`` must never reach a log."""
+    """Access log without query strings: ``?token=`` must never reach a log. The client's
+    text (its address may come from a header) is escaped: it cannot forge a line."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
-            client_of(request),
-            request.method,
-            request.path,
+            logtext.escape(client_of(request)),
+            logtext.escape(request.method),
+            logtext.escape(request.path),
             response.status,
             time * 1000,
         )
