@@ -349,7 +349,7 @@ async def publish(request: web.Request) -> web.Response:
             bound_host=gateway.settings.host,
             relayed=CLIENT not in request and any(h in headers for h in FORWARDING_HEADERS),
         )
-        protocol.check_content_encoding(request.headers.getall("Content-Encoding", ()))
+        protocol.check_content_encoding(headers.getall("Content-Encoding", ()))
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
