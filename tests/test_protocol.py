@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsgateway.brokers.base import Message
 from wsgateway.errors import (
@@ -946,3 +948,56 @@ def test_compressed_bodies_are_refused(values: list[str]) -> None:
     exc = info.value
     assert (exc.status, exc.code, exc.field) == (415, "unsupported_encoding", "Content-Encoding")
     assert exc.message == "compressed bodies are not accepted; send the JSON uncompressed"
+
+
+# -- fuzz: any body gets a documented answer ----------------------------------------------------
+
+WIDE = st.one_of(
+    st.integers(min_value=2**64, max_value=10**40), st.integers(max_value=-(2**63) - 1)
+)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def message_bodies() -> st.SearchStrategy[Any]:
+    message = st.fixed_dictionaries(
+        {
+            "channel": st.sampled_from([*CHANNELS, "nope"]),
+            "topic": st.sampled_from(["BTC-USD", "*", "", "a b"]),
+            "data": JSON_VALUES | WIDE | st.lists(WIDE, max_size=2),
+        }
+    )
+    return message | st.fixed_dictionaries({"messages": st.lists(message, max_size=4)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(message_bodies())
+def test_any_publish_document_is_accepted_whole_or_refused_naming_a_field(body: Any) -> None:
+    raw = json.dumps(body).encode()
+    try:
+        messages = parse_publish(load_publish_body(raw), CHANNELS)
+    except PublishError as exc:
+        assert exc.status == 400 and exc.field and exc.message
+        return
+    for message in messages:  # what is accepted is carried exactly
+        assert isinstance(message.data, orjson.Fragment)
+    items = body.get("messages", [body])
+    assert [json.loads(orjson.dumps(m.data)) for m in messages] == [i["data"] for i in items]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=100).map(str.encode))
+def test_any_bytes_get_a_publish_error_or_messages(raw: bytes) -> None:
+    try:
+        parse_publish(load_publish_body(raw), CHANNELS)
+    except PublishError as exc:
+        assert exc.status == 400 and exc.field
