@@ -910,10 +910,11 @@ async def test_good_publish_is_accepted_and_gap_free(
 async def test_loopback_may_publish_when_no_token_is_configured(
     start_gateway: StartGateway,
 ) -> None:
+    json_body = {"Content-Type": "application/json"}  # the loopback rule wants JSON
     async with publish_setup(start_gateway, Settings()) as (_gw, subscriber, http):
-        assert await post(http, body_of(GOOD), {}) == (200, {"accepted": 1})
+        assert await post(http, body_of(GOOD), json_body) == (200, {"accepted": 1})
         await expect_update(subscriber, "ticker", "BTC-USD", 1, {"price": 1})
-        assert await post(http, b"[]", {}) == (
+        assert await post(http, b"[]", json_body) == (
             400,
             bad_request("body", "expected a JSON object, got an array"),
         )

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from wsgateway import protocol
+from wsgateway.admission import MAX_HANDSHAKE_RETRY
 from wsgateway.brokers.base import Update
 from wsgateway.channel import HOLD_BYTES, HOLD_RETRY_SECONDS
 from wsgateway.errors import (
@@ -25,6 +26,7 @@ from wsgateway.errors import (
     ConnectionRateLimited,
     Draining,
     ForbiddenTopic,
+    HandshakeRateLimited,
     TooManyConnectionsFromAddress,
     TooManyTopics,
 )
@@ -610,35 +612,52 @@ def test_max_connections_per_ip() -> None:
     assert h.channel.footprint()["addresses"] == 2
 
 
-def test_connections_per_minute_is_a_sliding_window_with_retry_after() -> None:
+def test_connections_per_minute_is_a_sliding_window_per_address_with_retry_after() -> None:
     h = make_channel(connections_per_minute=2)
     t0 = h.clock.now
     h.channel.admit("10.0.0.1")
     h.clock.set(t0 + 10)
-    h.channel.admit("10.0.0.2")
+    h.channel.admit("10.0.0.1")
 
     h.clock.set(t0 + 30)
     with pytest.raises(ConnectionRateLimited) as caught:
-        h.channel.admit("10.0.0.3")
+        h.channel.admit("10.0.0.1")
     assert caught.value.retry_after == 30  # the first admission leaves the window at t0 + 60
     assert caught.value.status == 429
+    h.channel.admit("10.0.0.2")  # another address has a window of its own
 
     h.clock.set(t0 + 59.5)
     with pytest.raises(ConnectionRateLimited) as caught:
-        h.channel.admit("10.0.0.3")
+        h.channel.admit("10.0.0.1")
     assert caught.value.retry_after == 1  # whole seconds, rounded up
 
     h.clock.set(t0 + 60)
-    h.channel.admit("10.0.0.3")  # the t0 admission has expired
+    h.channel.admit("10.0.0.1")  # the t0 admission has expired
     with pytest.raises(ConnectionRateLimited) as caught:
-        h.channel.admit("10.0.0.4")
+        h.channel.admit("10.0.0.1")
     assert caught.value.retry_after == 10
 
     assert rejected(h, "rate_limited") == 3
     assert h.value(RATE_LIMIT_HITS, limit="connections_per_minute") == 3
-    assert h.channel.admission_window() == 2
-    assert h.channel.footprint()["admitting"] == 3  # refusals hold no reservation
-    assert h.channel.footprint()["addresses"] == 3
+    assert h.channel.admission_window() == 3  # 10.0.0.1 at t0+10 and t0+60, 10.0.0.2
+    assert h.channel.footprint()["admitting"] == 4  # refusals hold no reservation
+    assert h.channel.footprint()["addresses"] == 2
+
+
+def test_handshake_budget_refuses_every_address_with_a_jittered_retry_after() -> None:
+    h = make_channel(handshakes_per_second=2, handshake_burst=3)
+    for i in range(3):
+        h.channel.admit(f"10.0.0.{i}")
+    with pytest.raises(HandshakeRateLimited) as caught:
+        h.channel.admit("10.0.0.9")
+    assert caught.value.status == 429
+    assert 1 <= (caught.value.retry_after or 0) <= MAX_HANDSHAKE_RETRY
+    h.clock.advance(0.5)  # one token back
+    h.channel.admit("10.0.0.9")
+
+    assert rejected(h, "handshake_rate") == 1
+    assert rejected(h, "rate_limited") == 0
+    assert h.value(RATE_LIMIT_HITS, limit="handshakes_per_second") == 1
 
 
 def test_draining_refuses_every_new_connection() -> None:
@@ -673,7 +692,9 @@ def test_refusals_for_capacity_take_no_place_in_the_rate_window() -> None:
 
 
 def test_every_rejection_is_counted_by_its_reason() -> None:
-    h = make_channel(max_connections=2, max_connections_per_ip=1, connections_per_minute=3)
+    h = make_channel(
+        max_connections=2, max_connections_per_ip=1, connections_per_minute=2, handshake_burst=4
+    )
     h.open("10.0.0.1")
     with pytest.raises(TooManyConnectionsFromAddress):
         h.channel.admit("10.0.0.1")
@@ -681,9 +702,13 @@ def test_every_rejection_is_counted_by_its_reason() -> None:
     with pytest.raises(ChannelFull):
         h.channel.admit("10.0.0.3")
     h.channel.remove(h.clients[0].conn, "client_closed")
-    h.open("10.0.0.3")  # third admission of the minute
-    h.channel.remove(h.clients[1].conn, "client_closed")
+    h.open("10.0.0.1")  # second admission of 10.0.0.1 this minute
+    h.channel.remove(h.clients[2].conn, "client_closed")
     with pytest.raises(ConnectionRateLimited):
+        h.channel.admit("10.0.0.1")
+    h.open("10.0.0.3")  # the fourth handshake: the budget is spent
+    h.channel.remove(h.clients[3].conn, "client_closed")
+    with pytest.raises(HandshakeRateLimited):
         h.channel.admit("10.0.0.4")
     h.channel.draining = True
     with pytest.raises(Draining):
@@ -691,10 +716,18 @@ def test_every_rejection_is_counted_by_its_reason() -> None:
 
     by_reason = {
         reason: rejected(h, reason)
-        for reason in ("rate_limited", "capacity", "ip_limit", "draining", "unauthorized")
+        for reason in (
+            "rate_limited",
+            "handshake_rate",
+            "capacity",
+            "ip_limit",
+            "draining",
+            "unauthorized",
+        )
     }
     assert by_reason == {
         "rate_limited": 1,
+        "handshake_rate": 1,
         "capacity": 1,
         "ip_limit": 1,
         "draining": 1,

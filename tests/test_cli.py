@@ -234,7 +234,8 @@ def test_logs_never_contain_tokens(server: Server) -> None:
     assert published.returncode == 0
     _, out, err = server.stop()
     logs = out + err
-    assert "/ws/user" in logs and "rejected connection on user: unauthorized" in logs
+    assert "/ws/user" in logs
+    assert "rejected connection on user from 127.0.0.1: unauthorized" in logs
     for secret in (token, bad_token, JWT_SECRET, PUBLISH_TOKEN, token.split(".")[2]):
         assert secret not in logs
 
@@ -254,3 +255,25 @@ def test_serve_tunes_the_collector_for_many_long_lived_connections() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "warned"),
+    [
+        ("0.0.0.0", None, True),
+        ("::", None, True),
+        ("10.0.0.5", None, True),
+        ("gw.example.com", None, True),
+        ("127.0.0.1", None, False),
+        ("::1", None, False),
+        ("localhost", None, False),
+        ("0.0.0.0", PUBLISH_TOKEN, False),
+    ],
+)
+def test_serve_warns_when_the_loopback_rule_guards_a_public_bind(
+    host: str, token: str | None, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = cli.Settings(host=host, publish_token=token)
+    with caplog.at_level("WARNING", logger="wsgateway"):
+        assert cli.warn_about_exposed_loopback_rule(settings) is warned
+    assert ("no publish_token is set and the gateway listens on" in caplog.text) is warned

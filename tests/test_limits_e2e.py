@@ -63,10 +63,13 @@ async def test_connection_rate_limit_answers_429_with_retry_after(
     assert 1 <= retry_after <= 60
     assert json.loads(rejection.response.body) == {
         "error": "rate_limited",
-        "message": "channel 'ticker' admits 2 connections per minute",
+        "message": "at most 2 connections per minute per address",
     }
-    # The window is per channel: another channel still admits.
+    # The window is per address and channel: another channel, or another address, still
+    # admits (tests/test_admission_e2e.py has the attack).
     async with websockets.connect(gw.ws_url("trades")):
+        pass
+    async with websockets.connect(gw.ws_url("ticker"), local_addr=("127.0.0.2", 0)):
         pass
     assert rejected(gw, "rate_limited") == 1
     assert (
@@ -269,7 +272,7 @@ async def test_origin_not_allowed_answers_403(
         "message": "origin 'https://evil.example.net' is not in allowed_origins",
     }
     assert (
-        "rejected connection on ticker: forbidden_origin: "
+        "rejected connection on ticker from 127.0.0.1: forbidden_origin: "
         "origin 'https://evil.example.net' is not in allowed_origins" in caplog.text
     )
     # The wildcard covers subdomains, not the domain itself.

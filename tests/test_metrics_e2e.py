@@ -151,7 +151,11 @@ async def test_every_channel_is_present_before_any_connection(
     assert set(view["managers"]) == {"alpha", "beta"}
     alpha = view["managers"]["alpha"]
     assert alpha["success_rate"] is None and alpha["last_error"] is None
-    assert alpha["rate_limits"] == {"messages_per_second": 100, "connections_per_minute": 60}
+    assert alpha["rate_limits"] == {
+        "messages_per_second": 100,
+        "connections_per_minute": 60,
+        "handshakes_per_second": 1000,
+    }
     samples = parse((await scrape(gw))[1])
     assert value(samples, "wsgateway_connections_active", channel="beta") == 0
 

@@ -80,7 +80,11 @@ def test_every_channel_present_with_no_traffic() -> None:
         assert manager["success_rate"] is None
         assert manager["uptime"] == 10.0
         assert manager["rejected"] == dict.fromkeys(REJECT_REASONS, 0)
-        assert manager["rate_limits"] == {"messages_per_second": 100, "connections_per_minute": 60}
+        assert manager["rate_limits"] == {
+            "messages_per_second": 100,
+            "connections_per_minute": 60,
+            "handshakes_per_second": 1000,
+        }
     assert view["total_active_connections"] == 0
     assert view["total_messages_sent"] == 0
     assert view["total_errors"] == 0
@@ -96,7 +100,11 @@ def test_channel_without_metrics_or_limits_still_appears() -> None:
     assert extra["total_connections"] == 0
     assert extra["success_rate"] is None
     assert extra["limits"] == {}
-    assert extra["rate_limits"] == {"messages_per_second": None, "connections_per_minute": None}
+    assert extra["rate_limits"] == {
+        "messages_per_second": None,
+        "connections_per_minute": None,
+        "handshakes_per_second": None,
+    }
 
 
 def test_success_rate_none_when_nothing_attempted_even_with_connections() -> None:
@@ -222,9 +230,15 @@ def test_all_failed_gives_zero_success_rate() -> None:
 def test_limits_and_rate_limits_come_from_the_limit_gauge() -> None:
     _registry, _clock, view = drive_traffic()
     ticker = view["managers"]["ticker"]
-    assert ticker["rate_limits"] == {"messages_per_second": 5, "connections_per_minute": 30}
+    assert ticker["rate_limits"] == {
+        "messages_per_second": 5,
+        "connections_per_minute": 30,
+        "handshakes_per_second": 1000,
+    }
     assert ticker["limits"] == {
         "connections_per_minute": 30,
+        "handshakes_per_second": 1000,
+        "handshake_burst": 1000,
         "messages_per_second": 5,
         "max_connections": 10000,
         "max_connections_per_ip": 100,
@@ -238,6 +252,7 @@ def test_limits_and_rate_limits_come_from_the_limit_gauge() -> None:
     assert view["managers"]["market"]["rate_limits"] == {
         "messages_per_second": 100,
         "connections_per_minute": 60,
+        "handshakes_per_second": 1000,
     }
     assert view["managers"]["market"]["limits"]["heartbeat"] == 20.0
 

@@ -6,7 +6,10 @@ import json
 import struct
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wsgateway.brokers.base import Message
 from wsgateway.errors import (
@@ -17,15 +20,22 @@ from wsgateway.errors import (
     PublishError,
     TooManyTopics,
     UnknownType,
+    UnsupportedEncoding,
 )
 from wsgateway.protocol import (
+    INTEGER_RULE,
+    MAX_DATA_DEPTH,
     MAX_PUBLISH_BATCH,
     TOPIC_RULE,
     Ping,
     Subscribe,
     Unsubscribe,
+    WideInteger,
+    check_content_encoding,
+    encode_data,
     error,
     is_valid_topic,
+    load_publish_body,
     parse_publish,
     parse_request,
     pong,
@@ -657,15 +667,24 @@ def test_server_frames_are_compact_bytes() -> None:
 # -- parse_publish ----------------------------------------------------------------------------
 
 
+def decoded(messages: list[Message]) -> list[Message]:
+    """``messages`` with each ``data`` (an orjson.Fragment of encoded JSON) decoded again."""
+    return [Message(m.channel, m.topic, orjson.loads(orjson.dumps(m.data))) for m in messages]
+
+
 def test_parse_publish_single_message() -> None:
     body = {"channel": "ticker", "topic": "BTC-USD", "data": {"price": 65000}}
-    assert parse_publish(body, CHANNELS) == [Message("ticker", "BTC-USD", {"price": 65000})]
+    messages = parse_publish(body, CHANNELS)
+    assert decoded(messages) == [Message("ticker", "BTC-USD", {"price": 65000})]
+    # Encoded once, here: the broadcast embeds these bytes as they are.
+    assert isinstance(messages[0].data, orjson.Fragment)
+    assert orjson.dumps({"data": messages[0].data}) == b'{"data":{"price":65000}}'
 
 
 @pytest.mark.parametrize("data", [None, 0, "text", [1, 2], {"nested": {"a": [None]}}])
 def test_parse_publish_any_json_data(data: object) -> None:
     body = {"channel": "user", "topic": "alice", "data": data}
-    assert parse_publish(body, CHANNELS) == [Message("user", "alice", data)]
+    assert decoded(parse_publish(body, CHANNELS)) == [Message("user", "alice", data)]
 
 
 def test_parse_publish_batch() -> None:
@@ -676,7 +695,7 @@ def test_parse_publish_batch() -> None:
             {"channel": "ticker", "topic": "BTC-USD", "data": None},
         ]
     }
-    assert parse_publish(body, CHANNELS) == [
+    assert decoded(parse_publish(body, CHANNELS)) == [
         Message("ticker", "BTC-USD", {"p": 1}),
         Message("trades", "ETH-USD", [1, 2]),
         Message("ticker", "BTC-USD", None),
@@ -790,3 +809,195 @@ def test_parse_publish_bad_bodies(body: object, field: str, message: str) -> Non
     assert exc.message == message
     assert str(exc) == f"{field}: {message}"
     assert exc.status == 400
+
+
+# -- data that parses but cannot be carried ----------------------------------------------------
+
+
+def nested(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_data_as_deep_as_the_encoder_allows_is_accepted() -> None:
+    body = {"channel": "ticker", "topic": "T", "data": nested(MAX_DATA_DEPTH)}
+    (message,) = parse_publish(body, CHANNELS)
+    # Embedded one level deeper in the update frame, it still encodes.
+    frame = update("ticker", "T", 1, 0.0, message.data)
+    assert orjson.loads(frame)["data"] == nested(MAX_DATA_DEPTH)
+
+
+def test_data_deeper_than_the_encoder_allows_names_the_message() -> None:
+    deep = {"channel": "ticker", "topic": "T", "data": nested(MAX_DATA_DEPTH + 1)}
+    with pytest.raises(PublishError) as info:
+        parse_publish({"messages": [GOOD, GOOD, GOOD, deep]}, CHANNELS)
+    assert info.value.status == 400
+    assert info.value.field == "messages[3].data"
+    assert info.value.message == "nested deeper than 254 levels of arrays and objects"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param({"n": 2**64}, INTEGER_RULE, id="python-int-over-u64"),
+        pytest.param([-(2**63) - 1], INTEGER_RULE, id="python-int-under-i64"),
+        pytest.param({1: "x"}, "cannot be encoded as JSON (Dict key must be str)", id="int-key"),
+        pytest.param(
+            {"s": {1}}, "cannot be encoded as JSON (Type is not JSON serializable: set)", id="set"
+        ),
+    ],
+)
+def test_python_data_that_cannot_be_encoded(data: object, message: str) -> None:
+    """The Python API (Gateway.publish) hands in Python values: the same check holds."""
+    with pytest.raises(PublishError) as info:
+        encode_data(data)
+    assert (info.value.field, info.value.message) == ("data", message)
+
+
+def test_integers_at_the_edges_of_the_exact_range_stay_integers() -> None:
+    body = b'{"channel":"ticker","topic":"T","data":[18446744073709551615,-9223372036854775808]}'
+    (message,) = parse_publish(load_publish_body(body), CHANNELS)
+    assert orjson.dumps(message.data) == b"[18446744073709551615,-9223372036854775808]"
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "18446744073709551616",  # 2^64
+        "-9223372036854775809",  # -2^63 - 1
+        "123456789012345678901234567890",
+        "1" + "0" * 300,
+    ],
+)
+def test_integers_beyond_64_bits_are_refused_naming_the_message(number: str) -> None:
+    body = (
+        '{"messages": [{"channel": "ticker", "topic": "T", "data": 1}, '
+        f'{{"channel": "ticker", "topic": "T", "data": {{"qty": [{number}]}}}}]}}'
+    ).encode()
+    with pytest.raises(PublishError) as info:
+        parse_publish(load_publish_body(body), CHANNELS)
+    assert (info.value.field, info.value.message) == ("messages[1].data", INTEGER_RULE)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1e20",  # a float in the JSON text: a float it stays
+        "1234567890123456789.5",
+        "0.12345678901234567890123",
+        '"12345678901234567890123"',  # digits in a string
+    ],
+)
+def test_long_digit_runs_that_are_not_wide_integers_pass(text: str) -> None:
+    body = f'{{"channel": "ticker", "topic": "T", "data": [{text}]}}'.encode()
+    (message,) = parse_publish(load_publish_body(body), CHANNELS)
+    assert orjson.loads(orjson.dumps(message.data)) == [orjson.loads(text)]
+
+
+def test_wide_integer_outside_data_is_refused_where_it_stands() -> None:
+    body = b'{"channel": "ticker", "topic": 123456789012345678901, "data": 1}'
+    with pytest.raises(PublishError) as info:
+        parse_publish(load_publish_body(body), CHANNELS)
+    assert info.value.field == "topic"
+
+
+@pytest.mark.parametrize("number", ["1" + "0" * 309, "-1" + "0" * 5000, "1e400"])
+def test_numbers_past_any_float_are_refused_with_their_position(number: str) -> None:
+    body = b'{"data": [' + number.encode() + b"]}"
+    with pytest.raises(PublishError) as info:
+        load_publish_body(body)
+    assert (info.value.field, info.value.message) == (
+        "body",
+        f"the number at character 10 is too large; {INTEGER_RULE}",
+    )
+
+
+def test_load_publish_body_refuses_what_is_not_json() -> None:
+    with pytest.raises(PublishError) as info:
+        load_publish_body(b'{"channel": ')
+    assert (info.value.field, info.value.message, info.value.status) == (
+        "body",
+        "not valid JSON",
+        400,
+    )
+
+
+def test_wide_integers_are_markers_only_in_the_exact_parse() -> None:
+    document = load_publish_body(b"[100000000000000000000, 1]")
+    assert isinstance(document, list)
+    assert isinstance(document[0], WideInteger) and document[0].text == "100000000000000000000"
+    assert document[1] == 1
+
+
+# -- Content-Encoding --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [[], [""], ["identity"], ["Identity "], ["identity, identity"]])
+def test_uncompressed_bodies_pass(values: list[str]) -> None:
+    check_content_encoding(values)
+
+
+@pytest.mark.parametrize(
+    "values", [["gzip"], ["deflate"], ["br"], ["zstd"], ["identity, gzip"], ["", "x-gzip"]]
+)
+def test_compressed_bodies_are_refused(values: list[str]) -> None:
+    with pytest.raises(UnsupportedEncoding) as info:
+        check_content_encoding(values)
+    exc = info.value
+    assert (exc.status, exc.code, exc.field) == (415, "unsupported_encoding", "Content-Encoding")
+    assert exc.message == "compressed bodies are not accepted; send the JSON uncompressed"
+
+
+# -- fuzz: any body gets a documented answer ----------------------------------------------------
+
+WIDE = st.one_of(
+    st.integers(min_value=2**64, max_value=10**40), st.integers(max_value=-(2**63) - 1)
+)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def message_bodies() -> st.SearchStrategy[Any]:
+    message = st.fixed_dictionaries(
+        {
+            "channel": st.sampled_from([*CHANNELS, "nope"]),
+            "topic": st.sampled_from(["BTC-USD", "*", "", "a b"]),
+            "data": JSON_VALUES | WIDE | st.lists(WIDE, max_size=2),
+        }
+    )
+    return message | st.fixed_dictionaries({"messages": st.lists(message, max_size=4)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(message_bodies())
+def test_any_publish_document_is_accepted_whole_or_refused_naming_a_field(body: Any) -> None:
+    raw = json.dumps(body).encode()
+    try:
+        messages = parse_publish(load_publish_body(raw), CHANNELS)
+    except PublishError as exc:
+        assert exc.status == 400 and exc.field and exc.message
+        return
+    for message in messages:  # what is accepted is carried exactly
+        assert isinstance(message.data, orjson.Fragment)
+    items = body.get("messages", [body])
+    assert [json.loads(orjson.dumps(m.data)) for m in messages] == [i["data"] for i in items]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=100).map(str.encode))
+def test_any_bytes_get_a_publish_error_or_messages(raw: bytes) -> None:
+    try:
+        parse_publish(load_publish_body(raw), CHANNELS)
+    except PublishError as exc:
+        assert exc.status == 400 and exc.field

@@ -29,7 +29,12 @@ SPEC_LIMITS: dict[str, float] = {
     "heartbeat": 20,
 }
 # Ours beyond the SPEC's table: off by default, so the defaults behave as the SPEC says.
-EXTRA_LIMITS: dict[str, float] = {"write_delay": 0.0}
+EXTRA_LIMITS: dict[str, float] = {
+    "write_delay": 0.0,
+    # the channel's handshake budget: 10,000 clients dropped at once are back in ~10 s
+    "handshakes_per_second": 1000,
+    "handshake_burst": 1000,
+}
 
 PUBLISH_TOKEN = "publish-token-Zq8v1XkP"
 JWT_SECRET = "jwt-secret-that-is-long-enough-4a9f0c2e"
@@ -725,6 +730,157 @@ def test_bad_allowed_origins_name_the_setting(tmp_path: Path, origin: str) -> No
 def test_allowed_origins_must_be_a_list(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "allowed_origins = 3\n")
     assert_names(settings_error(config_file=path), "allowed_origins", 3)
+
+
+# -- trusted_proxies --------------------------------------------------------------------------
+
+
+def test_trusted_proxies_default_trusts_no_one() -> None:
+    assert load_settings().trusted_proxies == ()
+
+
+def test_trusted_proxies_from_toml_are_normalised(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'trusted_proxies = ["10.0.0.0/8", "127.0.0.1", "FD00::/8", " 192.168.1.10 ", '
+        '"10.0.0.0/8"]\n',
+    )
+    assert load_settings(config_file=path).trusted_proxies == (
+        "10.0.0.0/8",
+        "127.0.0.1/32",
+        "fd00::/8",
+        "192.168.1.10/32",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.1", ("127.0.0.1/32",)),
+        ("10.0.0.0/8, ::1", ("10.0.0.0/8", "::1/128")),
+        ("10.0.0.0/8,", ("10.0.0.0/8",)),
+        ("", ()),
+    ],
+)
+def test_trusted_proxies_from_env_are_comma_separated(
+    value: str, expected: tuple[str, ...]
+) -> None:
+    assert load_settings(env={"WSGATEWAY_TRUSTED_PROXIES": value}).trusted_proxies == expected
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "10.0.0.5/8",  # host bits set: a typo for 10.0.0.5 or 10.0.0.0/8?
+        "10.0.0.0/33",
+        "proxy.internal",  # names are not resolved: an address or a network
+        "300.1.1.1",
+        "10.0.0.*",
+        "",
+    ],
+)
+def test_bad_trusted_proxies_name_the_setting(tmp_path: Path, entry: str) -> None:
+    path = write_toml(tmp_path, f'trusted_proxies = ["127.0.0.1", "{entry}"]\n')
+    error = settings_error(config_file=path)
+    assert_names(error, "trusted_proxies", entry)
+    assert "expected IP addresses or networks" in str(error)
+
+
+def test_trusted_proxies_must_be_a_list(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "trusted_proxies = 3\n")
+    assert_names(settings_error(config_file=path), "trusted_proxies", 3)
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("WSGATEWAY_HANDSHAKES_PER_SECOND", "0"),
+        ("WSGATEWAY_HANDSHAKE_BURST", "0"),
+        ("WSGATEWAY_HANDSHAKE_BURST", "1.5"),
+    ],
+)
+def test_handshake_budget_must_be_a_positive_integer(env: str, value: str) -> None:
+    error = settings_error(env={env: value})
+    assert error.setting == env[len("WSGATEWAY_") :].lower()
+    assert "expected an integer from 1 to 2147483647" in str(error)
+
+
+def test_handshake_budget_per_channel(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path, "[defaults]\nhandshakes_per_second = 200\n[channel.user]\nhandshake_burst = 50\n"
+    )
+    settings = load_settings(config_file=path)
+    assert settings.limits_for("ticker").handshakes_per_second == 200
+    assert settings.limits_for("user").handshake_burst == 50
+    assert settings.limits_for("user").handshakes_per_second == 200
+
+
+# -- token rules --------------------------------------------------------------------------------
+
+
+def test_token_rules_are_off_by_default() -> None:
+    settings = load_settings()
+    assert settings.jwt_audience is None
+    assert settings.jwt_issuer is None
+    assert settings.max_token_lifetime is None
+
+
+def test_token_rules_from_env() -> None:
+    settings = load_settings(
+        env={
+            "WSGATEWAY_JWT_AUDIENCE": "wsgateway",
+            "WSGATEWAY_JWT_ISSUER": "https://auth.example.com",
+            "WSGATEWAY_MAX_TOKEN_LIFETIME": "900",
+        }
+    )
+    assert settings.jwt_audience == "wsgateway"
+    assert settings.jwt_issuer == "https://auth.example.com"
+    assert settings.max_token_lifetime == 900
+
+
+def test_token_rules_from_toml(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path, 'jwt_audience = "md"\njwt_issuer = "auth"\nmax_token_lifetime = 3600\n'
+    )
+    settings = load_settings(config_file=path)
+    assert (settings.jwt_audience, settings.jwt_issuer, settings.max_token_lifetime) == (
+        "md",
+        "auth",
+        3600,
+    )
+
+
+def test_empty_token_rules_mean_unset() -> None:
+    settings = load_settings(
+        env={
+            "WSGATEWAY_JWT_AUDIENCE": "",
+            "WSGATEWAY_JWT_ISSUER": "",
+            "WSGATEWAY_MAX_TOKEN_LIFETIME": "",
+        }
+    )
+    assert (settings.jwt_audience, settings.jwt_issuer, settings.max_token_lifetime) == (
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "0.5", "31536001", "nan", "inf", "soon"])
+def test_bad_max_token_lifetime(value: str) -> None:
+    error = settings_error(env={"WSGATEWAY_MAX_TOKEN_LIFETIME": value})
+    assert_names(error, "max_token_lifetime", value)
+    assert "expected an integer from 1 to 31536000" in str(error)
+
+
+def test_max_token_lifetime_of_a_year_is_accepted() -> None:
+    settings = load_settings(env={"WSGATEWAY_MAX_TOKEN_LIFETIME": "31536000"})
+    assert settings.max_token_lifetime == 365 * 86400
+
+
+@pytest.mark.parametrize("setting", ["jwt_audience", "jwt_issuer"])
+def test_token_rule_that_is_not_a_string(tmp_path: Path, setting: str) -> None:
+    path = write_toml(tmp_path, f"{setting} = 5\n")
+    assert_names(settings_error(config_file=path), setting, 5)
 
 
 # -- the listener: header_timeout, max_pending_per_ip, metrics_host/metrics_port ----------------

@@ -1,4 +1,5 @@
-"""Channel: one channel's connections, admission limits, subscriptions and fan-out.
+"""Channel: one channel's connections, subscriptions and fan-out; who may connect is
+decided by its :class:`~wsgateway.admission.Admission`.
 
 The fan-out follows DESIGN.md, "The hot path": an update is encoded and framed once, the
 frame is appended to each subscriber's outbox, and one callback per event-loop turn writes
@@ -17,19 +18,12 @@ from collections.abc import Callable, Collection, Iterable
 from os import write as os_write
 
 from . import protocol
+from .admission import Admission
 from .brokers.base import Update
 from .connection import Closer, Connection, Transport
-from .errors import (
-    ChannelFull,
-    ConnectionRateLimited,
-    Draining,
-    ForbiddenTopic,
-    Rejected,
-    TooManyConnectionsFromAddress,
-    TooManyTopics,
-)
+from .errors import Draining, ForbiddenTopic, Rejected, TooManyTopics
 from .metrics import ChannelMetrics, ChannelState
-from .ratelimit import AddressCounter, LogThrottle, SlidingWindow
+from .ratelimit import LogThrottle
 from .settings import Limits
 
 log = logging.getLogger("wsgateway.channel")
@@ -67,9 +61,7 @@ class Channel:
         # Topics held by all connections, kept as they change: a scrape must not walk
         # every connection (tests/test_channel_state.py checks it against a recount).
         self._subscriptions = 0
-        self._admitting = 0  # admitted, handshake not finished yet: counts against capacity
-        self._addresses = AddressCounter()
-        self._admissions = SlidingWindow(limits.connections_per_minute, 60.0)
+        self.admission = Admission(name, limits, clock=clock)
         self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
         self._dirty: list[Connection] = []
         # Publish times of the updates queued this loop turn: the flush observes their
@@ -89,40 +81,26 @@ class Channel:
         Checked before the WebSocket upgrade. A reservation is released by
         :meth:`release` (upgrade failed) or taken over by :meth:`open`.
         """
-        limits = self.limits
-        now = self._clock()
         try:
             if self.draining:
                 raise Draining("the gateway is draining; reconnect to another node")
-            if len(self._connections) + self._admitting >= limits.max_connections:
-                raise ChannelFull(
-                    f"channel {self.name!r} is at max_connections ({limits.max_connections})"
-                )
-            if self._addresses.count(address) >= limits.max_connections_per_ip:
-                raise TooManyConnectionsFromAddress(
-                    f"at most {limits.max_connections_per_ip} connections per address"
-                )
-            if not self._admissions.try_acquire(now):
-                self.metrics.rate_limit_hits["connections_per_minute"].inc()
-                raise ConnectionRateLimited(
-                    f"channel {self.name!r} admits {limits.connections_per_minute} "
-                    "connections per minute",
-                    self._admissions.retry_after(now),
-                )
+            self.admission.admit(address, len(self._connections))
         except Rejected as rejection:
-            self.reject(rejection)
+            if rejection.limit is not None:
+                self.metrics.rate_limit_hits[rejection.limit].inc()
+            self.reject(rejection, address)
             raise
-        self._admitting += 1
-        self._addresses.add(address)
 
-    def reject(self, rejection: Rejected) -> None:
-        """Count a refused upgrade and log it, at most one line per reason per interval."""
+    def reject(self, rejection: Rejected, address: str | None = None) -> None:
+        """Count a refused upgrade and log it, at most one line per reason per interval
+        (naming the client address of the refusal that is logged)."""
         self.metrics.rejected[rejection.reason].inc()
         more = self._log_throttle.note(rejection.reason, self._clock())
         if more is not None:
             log.warning(
-                "rejected connection on %s: %s: %s%s",
+                "rejected connection on %s from %s: %s: %s%s",
                 self.name,
+                address or "an unknown address",
                 rejection.reason,
                 rejection.message,
                 more,
@@ -130,8 +108,7 @@ class Channel:
 
     def release(self, address: str) -> None:
         """Give back a reservation whose upgrade did not complete."""
-        self._admitting -= 1
-        self._addresses.remove(address)
+        self.admission.release(address)
 
     def open(
         self,
@@ -143,7 +120,7 @@ class Channel:
     ) -> Connection:
         """Turn a reservation into a live connection. ``fd``: the socket under a plain TCP
         transport, which the flush may write directly (-1: always go through the transport)."""
-        self._admitting -= 1
+        self.admission.opened()
         conn = Connection(
             transport,
             closer,
@@ -163,7 +140,7 @@ class Channel:
             return
         self._connections.discard(conn)
         self._held.discard(conn)
-        self._addresses.remove(conn.address)
+        self.admission.closed(conn.address)
         self._drop_subscriptions(conn, tuple(conn.topics))
         if conn.outbox:
             lost = "shutdown" if reason == "shutdown" else "connection_lost"
@@ -445,17 +422,17 @@ class Channel:
         """Sizes of every per-connection and per-topic structure (all 0 when idle)."""
         return {
             "connections": len(self._connections),
-            "admitting": self._admitting,
+            "admitting": self.admission.admitting,
             "topics": len(self._topics),
             "wildcard": len(self._wildcard),
-            "addresses": len(self._addresses),
+            "addresses": self.admission.addresses(),
             "dirty": len(self._dirty),
             "held": len(self._held),
         }
 
     def admission_window(self) -> int:
-        """Admissions still inside the connection-rate window (entries expire after 60 s)."""
-        return self._admissions.count(self._clock())
+        """Admissions of the last 60 s, over all client addresses."""
+        return self.admission.recent()
 
     @property
     def connections(self) -> frozenset[Connection]:

@@ -22,10 +22,13 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app, metrics_address
+from .auth import is_loopback_host
 from .errors import GatewayError, SettingsError
 from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
 from .web import GATEWAY, AccessLogger
+
+log = logging.getLogger("wsgateway")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -169,8 +172,23 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def warn_about_exposed_loopback_rule(settings: Settings) -> bool:
+    """Log a warning when publishing relies on the loopback rule but the gateway listens
+    beyond loopback; True when it did."""
+    if settings.publish_token is not None or is_loopback_host(settings.host):
+        return False
+    log.warning(
+        "no publish_token is set and the gateway listens on %s: publishing is open to every "
+        "process on this host, and to every client of a reverse proxy on this host that is "
+        "not in trusted_proxies; set publish_token (README, Deployment checklist)",
+        settings.host,
+    )
+    return True
+
+
 async def _serve(settings: Settings) -> int:
     app = create_app(settings)
+    warn_about_exposed_loopback_rule(settings)
     tune_gc()
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=10.0

@@ -9,14 +9,19 @@ the data a reply needs. Each branch declares how it reaches the outside world:
      │    ├── UnknownChannel              404
      │    ├── Unauthorized                401
      │    ├── ForbiddenOrigin             403
-     │    ├── ConnectionRateLimited       429 + Retry-After
+     │    ├── ConnectionRateLimited       429 + Retry-After (one address, per minute)
+     │    │    └── HandshakeRateLimited   429 + jittered Retry-After (the channel, per second)
      │    ├── TooManyConnectionsFromAddress 429
      │    ├── ChannelFull                 503
      │    └── Draining                    503
      ├── PublishError             a bad POST /api/publish (HTTP status, names the field)
      │    ├── PublishUnauthorized         401
      │    ├── PublishForbidden            403
-     │    └── BrokerUnavailable           503
+     │    │    ├── PublishForbiddenOrigin 403 (loopback rule: a browser page from elsewhere)
+     │    │    └── PublishForbiddenHost   403 (loopback rule: Host not local, DNS rebinding)
+     │    ├── PublishUnsupportedMediaType 415 (loopback rule: not application/json)
+     │    ├── UnsupportedEncoding         415 (a compressed body, refused unread)
+     │    └── BrokerUnavailable           503 + Retry-After
      ├── ClientError              a bad client frame: an ``error`` reply, the connection stays
      │    ├── BadJson, BadMessage, UnknownType, InvalidTopic, TooManyTopics,
      │    └── ForbiddenTopic, RateLimited
@@ -58,6 +63,8 @@ class Rejected(GatewayError):
     status: ClassVar[int] = 400
     #: closed set used as the ``reason`` label of wsgateway_connections_rejected_total
     reason: ClassVar[str] = "bad_handshake"
+    #: the ``limit`` label of wsgateway_rate_limit_hits_total, for a rate-limit refusal
+    limit: ClassVar[str | None] = None
     retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
@@ -81,12 +88,22 @@ class ForbiddenOrigin(Rejected):
 
 
 class ConnectionRateLimited(Rejected):
+    """One client address over ``connections_per_minute``."""
+
     status = 429
     reason = "rate_limited"
+    limit = "connections_per_minute"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class HandshakeRateLimited(ConnectionRateLimited):
+    """The channel over ``handshakes_per_second``, whoever asks."""
+
+    reason = "handshake_rate"
+    limit = "handshakes_per_second"
 
 
 class TooManyConnectionsFromAddress(Rejected):
@@ -112,6 +129,8 @@ class PublishError(GatewayError):
 
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
+    #: seconds for a Retry-After header, when trying again later may succeed
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, field: str, message: str) -> None:
         self.field = field
@@ -129,9 +148,31 @@ class PublishForbidden(PublishError):
     code = "forbidden"
 
 
+class PublishForbiddenOrigin(PublishForbidden):
+    code = "forbidden_origin"
+
+
+class PublishForbiddenHost(PublishForbidden):
+    code = "forbidden_host"
+
+
+class PublishUnsupportedMediaType(PublishError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UnsupportedEncoding(PublishError):
+    """A compressed body (Content-Encoding): refused unread, so no one can make the gateway
+    inflate a small body into a large one."""
+
+    status = 415
+    code = "unsupported_encoding"
+
+
 class BrokerUnavailable(PublishError):
     status = 503
     code = "broker_unavailable"
+    retry_after = 5
 
 
 # -- client frames: an error reply, the connection stays open ---------------------------------

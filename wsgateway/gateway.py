@@ -52,7 +52,8 @@ class Gateway:
             StateCollector(
                 lambda: [channel.state() for channel in self.channels.values()],
                 {name: channel.limits for name, channel in self.channels.items()},
-                lambda: self.broker.connected,
+                # A crashed relay moves nothing either, whatever the broker says.
+                lambda: self.broker.connected and self.relay_failure is None,
             )
         )
         self.draining = False
@@ -72,9 +73,18 @@ class Gateway:
     async def publish_document(self, document: object) -> int:
         """Validate a publish body (one message or ``{"messages": [...]}``) and publish it."""
         batch: list[Message] = parse_publish(document, self.settings.channels)
+        if self.relay_failure is not None:
+            # Accepting would lose the messages: nothing hands them to the channels.
+            raise BrokerUnavailable(
+                "broker", "the gateway cannot deliver messages; try again later"
+            )
         if not self.broker.connected:
             raise BrokerUnavailable("broker", "the broker is not connected; try again later")
-        return await self.broker.publish(batch)
+        try:
+            return await self.broker.publish(batch)
+        except ConnectionError:
+            # The broker stopped while this publisher waited (e.g. the relay crashed).
+            raise BrokerUnavailable("broker", "the broker stopped; try again later") from None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -90,15 +100,27 @@ class Gateway:
                     try:
                         channel.broadcast(update)
                     except Exception:
-                        # One bad message must not stop the feed for everyone.
-                        log.exception("broadcast on %s failed", update.channel)
+                        # One bad message must not stop the feed for everyone, nor write
+                        # one traceback per message: counted always, logged throttled.
                         channel.metrics.error("internal")
+                        self._log_broadcast_failure(update.channel)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.relay_failure = f"relay loop crashed: {type(exc).__name__}"
             log.exception("the relay loop crashed; the gateway is no longer ready")
+            # Nothing consumes the broker any more: stop it, so that publishers are refused
+            # (503) instead of accepted and lost, and those waiting for room are released.
+            try:
+                await self.broker.stop()
+            except Exception:
+                log.exception("stopping the broker after the relay crashed failed")
             raise
+
+    def _log_broadcast_failure(self, channel: str) -> None:
+        more = self._log_throttle.note(f"broadcast:{channel}", time.monotonic())
+        if more is not None:
+            log.error("broadcast on %s failed%s", channel, more, exc_info=True)
 
     def reject_unknown_channel(self) -> None:
         """Count an upgrade for a channel that is not configured, and log it (throttled;

@@ -28,6 +28,7 @@ from .settings import FLOAT_LIMITS, Limits
 # Closed label sets. Pre-created at start so every series exists (at 0) from the first scrape.
 REJECT_REASONS = (
     "rate_limited",
+    "handshake_rate",
     "capacity",
     "ip_limit",
     "unauthorized",
@@ -59,7 +60,7 @@ CLIENT_ERROR_CODES = (
     "forbidden_topic",
     "rate_limited",
 )
-RATE_LIMITS = ("connections_per_minute", "messages_per_second")
+RATE_LIMITS = ("handshakes_per_second", "connections_per_minute", "messages_per_second")
 # Delivery latency, publish to socket write: sub-millisecond when healthy, seconds when not.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0)  # fmt: skip

@@ -7,6 +7,7 @@ setting, the value and what is allowed, which the CLI prints as one line and exi
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Mapping
@@ -27,7 +28,12 @@ ORIGIN = re.compile(r"^https?://(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?
 class Limits:
     """The limits of one channel (SPEC, "Rate limits and other limits")."""
 
+    #: new connections one client address may open per minute (IPv6: per /64)
     connections_per_minute: int = 60
+    #: new connections the channel admits per second, from all addresses (a token bucket
+    #: holding up to handshake_burst): 10,000 clients dropped at once are back in ~10 s
+    handshakes_per_second: int = 1000
+    handshake_burst: int = 1000
     messages_per_second: int = 100
     max_connections: int = 10_000
     max_connections_per_ip: int = 100
@@ -43,6 +49,8 @@ LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
 # Smallest value each limit may take: zero would make a channel unusable, not "unlimited".
 _LIMIT_MINIMUM: dict[str, float] = {
     "connections_per_minute": 1,
+    "handshakes_per_second": 1,
+    "handshake_burst": 1,
     "messages_per_second": 1,
     "max_connections": 1,
     "max_connections_per_ip": 1,
@@ -69,6 +77,14 @@ class Settings:
     channels: tuple[str, ...] = DEFAULT_CHANNELS
     #: Origins whose browser pages may connect (403 otherwise); empty admits every origin
     allowed_origins: tuple[str, ...] = ()
+    #: Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For / Forwarded
+    #: header names the client; empty: the TCP peer is the client, headers are ignored
+    trusted_proxies: tuple[str, ...] = ()
+    #: When set, a JWT must carry this ``aud`` / ``iss`` (401 otherwise)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    #: When set (seconds), a JWT must have an ``exp`` at most this far ahead (401 otherwise)
+    max_token_lifetime: int | None = None
     defaults: Limits = Limits()
     overrides: Mapping[str, Limits] = field(default_factory=dict)
     demo: bool = False
@@ -105,6 +121,10 @@ _TOP_LEVEL = (
     "jwt_secret",
     "channels",
     "allowed_origins",
+    "trusted_proxies",
+    "jwt_audience",
+    "jwt_issuer",
+    "max_token_lifetime",
     "log_level",
     "header_timeout",
     "max_pending_per_ip",
@@ -112,6 +132,8 @@ _TOP_LEVEL = (
     "metrics_port",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Longest max_token_lifetime: a year (a bound longer than that bounds nothing).
+MAX_TOKEN_LIFETIME = 365 * 86400
 
 
 def load_settings(
@@ -210,6 +232,14 @@ def _build(
     jwt_secret = _optional_secret("jwt_secret", top.get("jwt_secret"), 32)
     channels = _channel_list(top.get("channels", base.channels))
     allowed_origins = _origin_list(top.get("allowed_origins", base.allowed_origins))
+    trusted_proxies = _network_list(top.get("trusted_proxies", base.trusted_proxies))
+    jwt_audience = _optional_string("jwt_audience", top.get("jwt_audience"))
+    jwt_issuer = _optional_string("jwt_issuer", top.get("jwt_issuer"))
+    max_token_lifetime = None
+    if top.get("max_token_lifetime") not in (None, ""):
+        max_token_lifetime = _integer(
+            "max_token_lifetime", top["max_token_lifetime"], 1, MAX_TOKEN_LIFETIME
+        )
     log_level = _string("log_level", top.get("log_level", base.log_level)).upper()
     if log_level not in _LOG_LEVELS:
         raise SettingsError("log_level", log_level, "allowed: " + ", ".join(_LOG_LEVELS))
@@ -238,6 +268,10 @@ def _build(
         jwt_secret=jwt_secret,
         channels=channels,
         allowed_origins=allowed_origins,
+        trusted_proxies=trusted_proxies,
+        jwt_audience=jwt_audience,
+        jwt_issuer=jwt_issuer,
+        max_token_lifetime=max_token_lifetime,
         defaults=defaults,
         overrides=overrides,
         demo=bool(top.get("demo", False)),
@@ -279,6 +313,12 @@ def _string(setting: str, value: object) -> str:
     if not isinstance(value, str) or not value:
         raise SettingsError(setting, value, "expected a non-empty string")
     return value
+
+
+def _optional_string(setting: str, value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return _string(setting, value)
 
 
 def _optional_secret(setting: str, value: object, min_length: int) -> str | None:
@@ -352,3 +392,24 @@ def _origin_list(value: object) -> tuple[str, ...]:
             )
         origins.append(origin)
     return tuple(dict.fromkeys(origins))
+
+
+def _network_list(value: object) -> tuple[str, ...]:
+    entries = value.split(",") if isinstance(value, str) else value
+    if not isinstance(entries, list | tuple):
+        raise SettingsError("trusted_proxies", value, "expected a list of addresses or networks")
+    networks = []
+    for entry in entries:
+        text = str(entry).strip()
+        if not text and isinstance(value, str):
+            continue  # WSGATEWAY_TRUSTED_PROXIES="" or a trailing comma
+        try:
+            network = ipaddress.ip_network(text)
+        except ValueError as exc:
+            raise SettingsError(
+                "trusted_proxies",
+                entry,
+                f"expected IP addresses or networks like 10.0.0.5, 10.0.0.0/8 or fd00::/8 ({exc})",
+            ) from None
+        networks.append(str(network))
+    return tuple(dict.fromkeys(networks))

@@ -14,9 +14,10 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_websocket import WebSocketError
 from prometheus_client import exposition
 
-from . import protocol
+from . import logtext, protocol
 from .auth import Identity, bearer_token, check_origin, check_publisher, verify_user_token
 from .channel import Channel
+from .clientaddress import FORWARDING_HEADERS, client_address, is_trusted, parse_networks
 from .connection import Connection
 from .errors import (
     ClientError,
@@ -34,6 +35,9 @@ from .transports import direct_fd
 log = logging.getLogger("wsgateway.web")
 
 GATEWAY = web.AppKey("gateway", Gateway)
+#: The client address of a request behind a trusted proxy (set by the middleware that
+#: only runs when trusted_proxies is set); see client_of.
+CLIENT = web.RequestKey("client", str)
 CLOSING = web.AppKey("closing", set[asyncio.Task[None]])
 #: Seconds a closing client gets to answer our close frame before its socket is dropped.
 CLOSE_TIMEOUT = 5.0
@@ -50,14 +54,15 @@ def json_response(
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Access log without query strings: ``?token=`` must never reach a log."""
+    """Access log without query strings: ``?token=`` must never reach a log. The client's
+    text (its address may come from a header) is escaped: it cannot forge a line."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
             '%s "%s %s" %s %.1fms',
-            request.remote,
-            request.method,
-            request.path,
+            logtext.escape(client_of(request)),
+            logtext.escape(request.method),
+            logtext.escape(request.path),
             response.status,
             time * 1000,
         )
@@ -76,7 +81,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if isinstance(admitted, web.Response):
         return admitted
     gateway, channel, ws, identity = admitted
-    address = request.remote or "unknown"
+    address = client_of(request)
     try:
         await ws.prepare(request)
     except BaseException:
@@ -185,12 +190,13 @@ def _admit(
             compress=False,  # frames are built once and shared; per-client deflate defeats it
             timeout=CLOSE_TIMEOUT,
         )
+        address = client_of(request)
         try:
             identity = _check_request(request, gateway, channel, ws)
         except Rejected as rejection:
-            channel.reject(rejection)
+            channel.reject(rejection, address)
             raise
-        channel.admit(request.remote or "unknown")  # counts its own refusals
+        channel.admit(address)  # counts its own refusals
     except Rejected as rejection:
         return _rejection_response(rejection)
     return gateway, channel, ws, identity
@@ -206,7 +212,15 @@ def _check_request(
     if not channel.private:
         return None
     token = request.query.get("token") or bearer_token(request.headers.get("Authorization"))
-    return verify_user_token(token, gateway.settings.jwt_secret)
+    settings = gateway.settings
+    return verify_user_token(
+        token,
+        settings.jwt_secret,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        max_lifetime=settings.max_token_lifetime,
+        now=gateway.clock(),
+    )
 
 
 class _Closer:
@@ -341,11 +355,18 @@ async def publish(request: web.Request) -> web.Response:
     """``POST /api/publish``: one message or a batch."""
     gateway = request.app[GATEWAY]
     try:
+        headers = request.headers
         check_publisher(
-            bearer_token(request.headers.get("Authorization")),
+            bearer_token(headers.get("Authorization")),
             gateway.settings.publish_token,
-            request.remote,
+            client_of(request),
+            host=headers.get("Host"),
+            origin=headers.get("Origin"),
+            content_type=headers.get("Content-Type"),
+            bound_host=gateway.settings.host,
+            relayed=CLIENT not in request and any(h in headers for h in FORWARDING_HEADERS),
         )
+        protocol.check_content_encoding(headers.getall("Content-Encoding", ()))
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -357,14 +378,11 @@ async def publish(request: web.Request) -> web.Response:
                 },
                 413,
             )
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise PublishError("body", "not valid JSON") from None
-        accepted = await gateway.publish_document(document)
+        accepted = await gateway.publish_document(protocol.load_publish_body(body))
     except PublishError as exc:
+        retry = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return json_response(
-            {"error": exc.code, "field": exc.field, "message": exc.message}, exc.status
+            {"error": exc.code, "field": exc.field, "message": exc.message}, exc.status, retry
         )
     return json_response({"accepted": accepted})
 
@@ -420,9 +438,41 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
+def client_of(request: web.BaseRequest) -> str:
+    """The client address of ``request``: its TCP peer, or the client a trusted proxy
+    names (admission limits, logs and the publish rule all use this one)."""
+    client = request.get(CLIENT)
+    return client if client is not None else request.remote or "unknown"
+
+
+def _trusted_proxy_middleware(settings_trusted: tuple[str, ...]) -> Any:
+    trusted = parse_networks(settings_trusted)
+
+    @web.middleware
+    async def resolve_client(request: web.Request, handler: Any) -> web.StreamResponse:
+        peer = request.remote
+        if peer is not None and is_trusted(peer, trusted):
+            headers = request.headers
+            forwarded_for = headers.getall("X-Forwarded-For", None)
+            forwarded = headers.getall("Forwarded", None)
+            request[CLIENT] = client_address(
+                peer,
+                ",".join(forwarded_for) if forwarded_for else None,
+                ",".join(forwarded) if forwarded else None,
+                trusted,
+            )
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return resolve_client
+
+
 def add_routes(app: web.Application, *, metrics: bool = True) -> None:
     """The public routes; ``metrics=False`` leaves out the status page and the metrics views
     (served by the metrics listener instead, see ``listener.py``)."""
+    trusted = app[GATEWAY].settings.trusted_proxies
+    if trusted:  # without trusted proxies there is nothing to resolve: no per-request cost
+        app.middlewares.append(_trusted_proxy_middleware(trusted))
     if metrics:
         app.router.add_get("/", status_page)
     app.router.add_get("/api", index)

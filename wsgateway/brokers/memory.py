@@ -23,6 +23,9 @@ class MemoryBroker:
         # Numbering and queueing happen under one lock: when the queue is full, a later
         # publisher must not overtake an earlier one and deliver seq N+1 before N.
         self._order = asyncio.Lock()
+        # The one publisher (it holds _order) waiting for room in a full queue, if any:
+        # woken when the relay takes a batch, and when the broker stops.
+        self._room: asyncio.Future[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -36,6 +39,7 @@ class MemoryBroker:
         if queue is not None:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)  # ends the relay loop's iteration
+        self._wake()  # a publisher waiting for room is refused, not left waiting forever
 
     async def publish(self, messages: Sequence[Message]) -> int:
         async with self._order:
@@ -44,14 +48,35 @@ class MemoryBroker:
                 raise ConnectionError("the memory broker is not started")
             now = self._clock()
             sequences = self._sequences
+            taken: dict[tuple[str, str], int] = {}
             batch = []
             for message in messages:
                 key = (message.channel, message.topic)
-                seq = sequences.get(key, 0) + 1
-                sequences[key] = seq
+                seq = (taken.get(key) or sequences.get(key, 0)) + 1
+                taken[key] = seq
                 batch.append(Update(message.channel, message.topic, seq, now, message.data))
-            await queue.put(batch)
+            if queue.full():
+                await self._wait_for_room(queue)
+            queue.put_nowait(batch)
+            # Numbers count only once queued: a refused batch leaves no gap.
+            sequences.update(taken)
         return len(batch)
+
+    async def _wait_for_room(self, queue: asyncio.Queue[Sequence[Update] | None]) -> None:
+        """Backpressure on publishers while the relay catches up; ConnectionError if the
+        broker stops meanwhile (the relay is gone: the batch would never be delivered)."""
+        while queue.full():
+            waiter = self._room = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._room = None
+            if self._queue is not queue:
+                raise ConnectionError("the memory broker stopped")
+
+    def _wake(self) -> None:
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
 
     async def batches(self) -> AsyncIterator[Sequence[Update]]:
         queue = self._queue
@@ -59,6 +84,7 @@ class MemoryBroker:
             raise ConnectionError("the memory broker is not started")
         while True:
             batch = await queue.get()
+            self._wake()
             if batch is None:
                 return
             yield batch
