@@ -274,3 +274,19 @@ async def test_closed_connections_leave_no_reference_cycles() -> None:
         gc.garbage.clear()
         gc.enable()
         await runner.cleanup()
+
+
+async def test_trusted_proxies_are_not_held_to_the_pending_cap(
+    start_gateway: StartGateway,
+) -> None:
+    """Behind a trusted proxy every connection has its address: 20 pending connections
+    from it pass a cap of 5 (header_timeout still closes them)."""
+    gw = await start_gateway(
+        Settings(header_timeout=60.0, max_pending_per_ip=5, trusted_proxies=("127.0.0.1",))
+    )
+    held = [await half_sent(gw.server.port) for _ in range(20)]
+    await until(lambda: server_sockets(gw.server.port) == 20, 10)
+    assert gw.gateway.registry.get_sample_value("wsgateway_pending_connections_refused_total") == 0
+    for _, writer in held:
+        writer.close()
+    await until(lambda: server_sockets(gw.server.port) == 0, 10)

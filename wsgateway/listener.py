@@ -16,6 +16,7 @@ exhausted a default descriptor limit (total outage). Three limits close that:
   past it is closed at once, without an answer: a 429 would need its request head first,
   which is the wait this limit exists to avoid. A connection stops counting when its
   upgrade is answered (101); from then on the channel's ``max_connections_per_ip`` counts it.
+  Connections from ``trusted_proxies`` are not counted: each carries many clients.
 - ``raise_open_files_limit``: ``wsgateway serve`` raises ``RLIMIT_NOFILE``'s soft limit to
   the hard one at start (often 1,024 soft against 524,288 or more hard).
 
@@ -39,6 +40,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from .channel import REJECTION_LOG_INTERVAL
+from .clientaddress import is_trusted, parse_networks
 from .gateway import Gateway
 from .ratelimit import AddressCounter, LogThrottle
 from .settings import Settings
@@ -128,6 +130,9 @@ class Listener:
             self.settings.max_pending_per_ip, metrics.pending_refused.inc
         )
         metrics.pending_connections.set_function(self.pending.count)
+        # A trusted proxy's connections carry many clients each; it applies its own header
+        # timeouts, and header_timeout still applies to it.
+        self._trusted = parse_networks(self.settings.trusted_proxies)
         #: where the metrics listener is bound once started, (host, port)
         self.metrics_address: tuple[str, int] | None = None
 
@@ -152,11 +157,14 @@ class Listener:
 
     def _watch(self, server: web.Server) -> None:
         made, lost = server.connection_made, server.connection_lost
-        pending = self.pending
+        pending, trusted = self.pending, self._trusted
 
         def connection_made(handler: RequestHandler, transport: Any) -> None:
             made(handler, transport)
-            if not pending.admit(handler, peer_address(transport)):
+            address = peer_address(transport)
+            if trusted and is_trusted(address, trusted):
+                return
+            if not pending.admit(handler, address):
                 handler.force_close()
 
         def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
