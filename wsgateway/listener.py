@@ -39,6 +39,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from .admission import address_key
 from .channel import REJECTION_LOG_INTERVAL
 from .clientaddress import is_trusted, parse_networks
 from .gateway import Gateway
@@ -164,7 +165,8 @@ class Listener:
             address = peer_address(transport)
             if trusted and is_trusted(address, trusted):
                 return
-            if not pending.admit(handler, address):
+            # Keyed as the channels' per-address limits are: IPv6 by its /64.
+            if not pending.admit(handler, address_key(address)):
                 handler.force_close()
 
         def connection_lost(handler: RequestHandler, exc: BaseException | None = None) -> None:
