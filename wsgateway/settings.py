@@ -55,6 +55,8 @@ _LIMIT_MINIMUM: dict[str, float] = {
 # Limits measured in (fractions of) seconds; the others are whole numbers.
 _LIMIT_MAXIMUM_SECONDS = {"heartbeat": 3600.0, "write_delay": 0.05}
 FLOAT_LIMITS = frozenset(_LIMIT_MAXIMUM_SECONDS)
+#: close_timeout bounds: long enough for a close handshake, short enough for a deploy
+CLOSE_TIMEOUT_RANGE = (0.1, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,9 @@ class Settings:
     overrides: Mapping[str, Limits] = field(default_factory=dict)
     demo: bool = False
     log_level: str = "INFO"
+    #: seconds a closed connection's socket may linger (close handshake, unread buffer)
+    #: before it is reset; shutdown takes about this long at most
+    close_timeout: float = 5.0
 
     def limits_for(self, channel: str) -> Limits:
         """The limits of ``channel``: its own table if it has one, else the defaults."""
@@ -96,6 +101,7 @@ _TOP_LEVEL = (
     "channels",
     "allowed_origins",
     "log_level",
+    "close_timeout",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -200,6 +206,10 @@ def _build(
     if log_level not in _LOG_LEVELS:
         raise SettingsError("log_level", log_level, "allowed: " + ", ".join(_LOG_LEVELS))
 
+    close_timeout = _number(
+        "close_timeout", top.get("close_timeout", base.close_timeout), *CLOSE_TIMEOUT_RANGE
+    )
+
     defaults = _limits("defaults", Limits(), default_limits)
     overrides: dict[str, Limits] = {}
     for channel, (where, table) in channel_limits.items():
@@ -220,6 +230,7 @@ def _build(
         overrides=overrides,
         demo=bool(top.get("demo", False)),
         log_level=log_level,
+        close_timeout=close_timeout,
     )
 
 
