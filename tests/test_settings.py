@@ -743,4 +743,4 @@ def test_close_timeout_defaults_to_5_seconds_and_is_read_from_env_and_toml(
 def test_close_timeout_refuses_values_outside_0_1_to_60_seconds(value: str) -> None:
     error = settings_error(env={"WSGATEWAY_CLOSE_TIMEOUT": value})
     assert error.setting == "close_timeout"
-    assert str(error) == (f"bad setting close_timeout={value!r}: expected a number from 0.1 to 60")
+    assert str(error) == f"bad setting close_timeout={value!r}: expected a number from 0.1 to 60"
