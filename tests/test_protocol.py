@@ -29,6 +29,7 @@ from wsgateway.protocol import (
     parse_publish,
     parse_request,
     pong,
+    pong_frame,
     subscribed,
     text_frame,
     unsubscribed,
@@ -790,3 +791,8 @@ def test_parse_publish_bad_bodies(body: object, field: str, message: str) -> Non
     assert exc.message == message
     assert str(exc) == f"{field}: {message}"
     assert exc.status == 400
+
+
+def test_pong_frame_echoes_the_ping_payload_in_a_control_frame() -> None:
+    assert pong_frame(b"") == b"\x8a\x00"
+    assert pong_frame(b"p" * 125) == b"\x8a\x7d" + b"p" * 125

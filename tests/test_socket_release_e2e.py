@@ -205,6 +205,31 @@ async def missed_pongs(gw: RunningGateway) -> None:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+def test_a_policy_violation_1008_releases_the_socket(loop: str) -> None:
+    run_on(loop, settings(max_outbox_bytes=16 * 1024 * 1024), rate_limit_abusers)
+
+
+async def rate_limit_abusers(gw: RunningGateway) -> None:
+    market = gw.gateway.channels["market"]
+    loop = asyncio.get_running_loop()
+    clients = [await never_reading_client(gw) for _ in range(3)]
+    try:
+        await subscribe_all(clients)
+        await until(lambda: market.state().subscriptions == 3)
+        await fill_until(gw, lambda: market.state().outbox_bytes > 3 * 100_000)
+        # Twice messages_per_second (100) at once: five violations, then 1008.
+        for sock in clients:
+            await loop.sock_sendall(sock, client_frame(1, b"{}") * 200)
+        await until(lambda: market.state().connections == 0, timeout=10)
+        abusers = gw.gateway.metrics.disconnects.labels("market", "policy_violation")
+        assert abusers._value.get() == 3
+        await until(lambda: server_sockets(gw) == 0, timeout=CLOSE_TIMEOUT + MARGIN)
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 def test_a_ping_flood_from_a_client_that_never_reads_is_cut(loop: str) -> None:
     run_on(loop, settings(max_outbox_bytes=65_536), ping_flood)
 
@@ -226,6 +251,7 @@ async def ping_flood(gw: RunningGateway) -> None:
         # A bystander is served as ever.
         async with websockets.connect(gw.ws_url("market")) as bystander:
             assert (await request(bystander, {"type": "ping", "id": 1}))["type"] == "pong"
+            await asyncio.wait_for(await bystander.ping(b"still there?"), 5)  # a real pong
             await request(bystander, {"type": "subscribe", "topics": ["t"]})
             await gw.publish("market", "t", 1)
             assert (await recv_json(bystander))["data"] == 1
