@@ -6,7 +6,9 @@ import asyncio
 import socket
 import struct
 
-from wsgateway.release import SocketRelease, is_released, reset
+import pytest
+
+from wsgateway.release import SocketRelease, bound_unacked_time, is_released, reset
 
 
 class FakeSocket:
@@ -14,12 +16,12 @@ class FakeSocket:
 
     def __init__(self) -> None:
         self.fd = 7
-        self.options: dict[tuple[int, int], bytes] = {}
+        self.options: dict[tuple[int, int], bytes | int] = {}
 
     def fileno(self) -> int:
         return self.fd
 
-    def setsockopt(self, level: int, name: int, value: bytes) -> None:
+    def setsockopt(self, level: int, name: int, value: bytes | int) -> None:
         if self.fd < 0:
             raise OSError(9, "Bad file descriptor")
         self.options[level, name] = value
@@ -101,3 +103,10 @@ async def test_a_released_socket_is_never_tracked() -> None:
     release.release(ClosingTransport(closing=True))
     assert release.held() == 0
     assert not release._pending
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+def test_bound_unacked_time_sets_tcp_user_timeout_in_milliseconds() -> None:
+    transport = ClosingTransport()
+    bound_unacked_time(transport, 35.0)
+    assert transport.sock.options[socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT] == 35_000

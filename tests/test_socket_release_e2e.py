@@ -204,6 +204,49 @@ async def missed_pongs(gw: RunningGateway) -> None:
             sock.close()
 
 
+def kernel_send_queues(port: int) -> list[int]:
+    """Bytes each of the gateway's TCP sockets holds in the kernel's send queue, from
+    /proc/net/tcp: orphans included, which no process lists any more."""
+    queues = []
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] != "0A":  # 0A: LISTEN
+                queues.append(int(fields[4].split(":")[0], 16))
+    return queues
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_orphaned_send_buffer_is_freed_by_the_kernel(loop: str) -> None:
+    # heartbeat 1 s: the kernel may drop a connection stuck for 1.5 + close_timeout seconds.
+    run_on(loop, settings(heartbeat=1.0), orphans)
+
+
+async def orphans(gw: RunningGateway) -> None:
+    """Everything unread fits in the kernel's send buffer, so at the missed pong aiohttp
+    closes the socket at once; the kernel would keep the orphan (and its buffer) for
+    minutes, probing a client that never opens its window."""
+    market = gw.gateway.channels["market"]
+    port = gw.server.port
+    clients = [await never_reading_client(gw) for _ in range(3)]
+    try:
+        await subscribe_all(clients)
+        await until(lambda: market.state().subscriptions == 3)
+        for _ in range(20):  # 160 KB each: all taken by the kernel, none left to the transport
+            await gw.publish("market", "t", "x" * 8000)
+            await asyncio.sleep(0)
+        await until(lambda: sum(q > 100_000 for q in kernel_send_queues(port)) == 3)
+        await until(lambda: market.state().connections == 0, timeout=10)  # missed pongs
+        stuck = 1.0 * 1.5 + CLOSE_TIMEOUT
+        await until(lambda: not any(kernel_send_queues(port)), timeout=stuck + MARGIN)
+    finally:
+        for sock in clients:
+            sock.close()
+
+
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_policy_violation_1008_releases_the_socket(loop: str) -> None:
     run_on(loop, settings(max_outbox_bytes=16 * 1024 * 1024), rate_limit_abusers)

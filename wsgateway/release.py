@@ -13,6 +13,12 @@ The reset sets ``SO_LINGER`` to zero before ``transport.abort()``: the kernel th
 unread send buffer at once and answers with RST, instead of keeping an orphaned socket that
 holds the buffer until the peer reads or TCP gives up minutes later.
 
+A socket the process has already closed can still hold its send buffer in the kernel (an
+orphan, when the client reads nothing and the transport had handed everything to the
+kernel, e.g. at a missed heartbeat pong): :func:`bound_unacked_time` sets
+``TCP_USER_TIMEOUT``, so the kernel drops such a connection once its bytes have waited that
+long for the client (zero-window probes included), instead of probing it for minutes.
+
 Only what both asyncio's and uvloop's transports offer is used (``is_closing``,
 ``get_write_buffer_size``, ``get_extra_info("socket")``, ``abort``): uvloop's transport is
 not an ``asyncio.WriteTransport``.
@@ -61,6 +67,17 @@ def reset(transport: ClosingTransport) -> None:
         with contextlib.suppress(OSError):  # already closed: abort() below is a no-op then
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
     transport.abort()
+
+
+def bound_unacked_time(transport: ClosingTransport, seconds: float) -> None:
+    """Have the kernel drop the connection when sent bytes wait ``seconds`` for the client
+    (Linux ``TCP_USER_TIMEOUT``; elsewhere nothing changes)."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = transport.get_extra_info("socket")
+    if option is None or sock is None or not hasattr(sock, "setsockopt"):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, max(1, round(seconds * 1000)))
 
 
 class SocketRelease:

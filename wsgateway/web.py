@@ -29,7 +29,7 @@ from .errors import (
     UnsupportedData,
 )
 from .gateway import Gateway
-from .release import SocketRelease
+from .release import SocketRelease, bound_unacked_time
 from .transports import direct_fd
 
 log = logging.getLogger("wsgateway.web")
@@ -92,6 +92,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # slow-consumer cut). aiohttp's flow control would only make this handler wait, inside
     # an internal close or a pong, on a client that never reads: turn it off.
     transport.set_write_buffer_limits(high=NO_FLOW_CONTROL)
+    # A client whose window stays shut this long has missed a heartbeat pong and its close
+    # timeout already: the kernel may drop it, even after the process let go of the socket.
+    bound_unacked_time(transport, channel.limits.heartbeat * 1.5 + gateway.settings.close_timeout)
 
     closer = _Closer(ws, transport, request.app[CLOSING], gateway.sockets)
     user = identity.user if identity else None
