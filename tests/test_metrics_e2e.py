@@ -139,6 +139,8 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
     start = value(samples, "wsgateway_start_time_seconds")
     assert 0 <= view["uptime_seconds"] < 60 and start > 1.7e9
     assert view["broker_connected"] is (value(samples, "wsgateway_broker_connected") == 1)
+    # Every connection has ended and released its socket (the clients read everything).
+    assert view["open_sockets"] == value(samples, "wsgateway_open_sockets") == 0
 
 
 async def test_every_channel_is_present_before_any_connection(

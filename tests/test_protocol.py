@@ -39,6 +39,7 @@ from wsgateway.protocol import (
     parse_publish,
     parse_request,
     pong,
+    pong_frame,
     subscribed,
     text_frame,
     unsubscribed,
@@ -1001,3 +1002,8 @@ def test_any_bytes_get_a_publish_error_or_messages(raw: bytes) -> None:
         parse_publish(load_publish_body(raw), CHANNELS)
     except PublishError as exc:
         assert exc.status == 400 and exc.field
+
+
+def test_pong_frame_echoes_the_ping_payload_in_a_control_frame() -> None:
+    assert pong_frame(b"") == b"\x8a\x00"
+    assert pong_frame(b"p" * 125) == b"\x8a\x7d" + b"p" * 125

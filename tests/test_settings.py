@@ -957,3 +957,22 @@ def test_metrics_host_without_metrics_port_is_refused() -> None:
     error = settings_error(env={"WSGATEWAY_METRICS_HOST": "10.0.0.5"})
     assert_names(error, "metrics_host", "10.0.0.5")
     assert "set metrics_port too" in str(error)
+
+
+# -- close_timeout ------------------------------------------------------------------------------
+
+
+def test_close_timeout_defaults_to_5_seconds_and_is_read_from_env_and_toml(
+    tmp_path: Path,
+) -> None:
+    assert load_settings().close_timeout == 5.0
+    assert load_settings(env={"WSGATEWAY_CLOSE_TIMEOUT": "0.5"}).close_timeout == 0.5
+    path = write_toml(tmp_path, "close_timeout = 60\n")
+    assert load_settings(config_file=path).close_timeout == 60.0
+
+
+@pytest.mark.parametrize("value", ["0", "0.09", "60.5", "-1", "soon", ""])
+def test_close_timeout_refuses_values_outside_0_1_to_60_seconds(value: str) -> None:
+    error = settings_error(env={"WSGATEWAY_CLOSE_TIMEOUT": value})
+    assert error.setting == "close_timeout"
+    assert str(error) == f"bad setting close_timeout={value!r}: expected a number from 0.1 to 60"

@@ -16,7 +16,7 @@ from .errors import ServerShutdown
 from .gateway import Gateway
 from .listener import Listener
 from .settings import Settings
-from .web import CLOSE_TIMEOUT, CLOSING, GATEWAY, MAX_PUBLISH_BODY, add_routes
+from .web import CLOSING, GATEWAY, MAX_PUBLISH_BODY, add_routes
 
 log = logging.getLogger("wsgateway")
 LISTENER = web.AppKey("listener", Listener)
@@ -100,6 +100,7 @@ async def _close_clients(app: web.Application) -> None:
     closing = app[CLOSING]
     pending = set(closing)
     if pending:
-        await asyncio.wait(pending, timeout=CLOSE_TIMEOUT + 1)
+        # Each close ends within close_timeout: the socket release resets what is left then.
+        await asyncio.wait(pending, timeout=gateway.settings.close_timeout + 1)
     if closed:
         log.info("closed %d client connection(s) with 1001", closed)

@@ -219,8 +219,13 @@ class Channel:
 
     def send(self, conn: Connection, payload: bytes) -> None:
         """Queue one server frame (a reply) for ``conn``, in order with its updates."""
+        self.send_frame(conn, protocol.text_frame(payload))
+
+    def send_frame(self, conn: Connection, frame: bytes) -> None:
+        """Queue one ready-made frame (a pong) for ``conn``; like every reply, it counts
+        against ``max_outbox_bytes``."""
         if not conn.closing:
-            self._enqueue([conn], protocol.text_frame(payload))
+            self._enqueue([conn], frame)
 
     def broadcast(self, update: Update) -> int:
         """Fan ``update`` out to its subscribers; returns how many it was queued for."""

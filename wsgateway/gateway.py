@@ -21,6 +21,7 @@ from .errors import BrokerUnavailable
 from .metrics import GatewayMetrics, StateCollector, to_json
 from .protocol import parse_publish
 from .ratelimit import LogThrottle
+from .release import SocketRelease
 from .settings import Settings
 
 log = logging.getLogger("wsgateway")
@@ -48,12 +49,15 @@ class Gateway:
             )
             for name in settings.channels
         }
+        #: sockets of ended connections, each reset if still held after close_timeout
+        self.sockets = SocketRelease(settings.close_timeout)
         registry.register(
             StateCollector(
                 lambda: [channel.state() for channel in self.channels.values()],
                 {name: channel.limits for name, channel in self.channels.items()},
                 # A crashed relay moves nothing either, whatever the broker says.
                 lambda: self.broker.connected and self.relay_failure is None,
+                self.sockets.held,
             )
         )
         self.draining = False

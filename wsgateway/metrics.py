@@ -299,18 +299,22 @@ class StateCollector(Collector):
         states: Callable[[], Iterable[ChannelState]],
         limits: Mapping[str, Limits],
         broker_connected: Callable[[], bool],
+        closing_sockets: Callable[[], int] = lambda: 0,
     ) -> None:
         self._states = states
         self._limits = limits
         self._broker_connected = broker_connected
+        self._closing_sockets = closing_sockets
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        active, subscriptions, topics, outbox, limit, broker = families
+        active, subscriptions, topics, outbox, limit, broker, sockets = families
+        connections = 0
         for state in self._states():
+            connections += state.connections
             active.add_metric([state.channel], state.connections)
             subscriptions.add_metric([state.channel], state.subscriptions)
             topics.add_metric([state.channel], state.topics)
@@ -319,6 +323,7 @@ class StateCollector(Collector):
             for item in fields(limits):
                 limit.add_metric([channel, item.name], float(getattr(limits, item.name)))
         broker.add_metric([], 1.0 if self._broker_connected() else 0.0)
+        sockets.add_metric([], connections + self._closing_sockets())
         return families
 
     @staticmethod
@@ -347,6 +352,11 @@ class StateCollector(Collector):
             ),
             GaugeMetricFamily(
                 "wsgateway_broker_connected", "1 while the broker can move messages, else 0"
+            ),
+            GaugeMetricFamily(
+                "wsgateway_open_sockets",
+                "WebSocket sockets this process holds: open connections, and closed ones whose "
+                "socket is not released yet (reset after close_timeout)",
             ),
         ]
 
@@ -430,12 +440,15 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
     }
     start_time = now
     broker_connected = False
+    open_sockets = 0
     latency_buckets: dict[str, list[tuple[float, float]]] = {name: [] for name in channels}
     for name, labels, value in _samples(registry):
         if name == "wsgateway_start_time_seconds":
             start_time = value
         elif name == "wsgateway_broker_connected":
             broker_connected = value == 1
+        elif name == "wsgateway_open_sockets":
+            open_sockets = int(value)
         channel = per.get(labels.get("channel", ""))
         if channel is None:
             continue
@@ -466,6 +479,7 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
     failed = sum(c["messages_failed"] for c in per.values())
     return {
         "total_active_connections": sum(c["active_connections"] for c in per.values()),
+        "open_sockets": open_sockets,
         "total_messages_sent": sent,
         "total_errors": sum(c["errors"] for c in per.values()),
         "overall_success_rate": _rate(sent, failed),

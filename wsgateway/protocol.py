@@ -179,6 +179,12 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+def pong_frame(payload: bytes) -> bytes:
+    """The pong answering a client's ping (RFC 6455, 5.5.3): a control frame, whose payload
+    the frame reader has already held to 125 bytes."""
+    return struct.pack("!BB", 0x8A, len(payload)) + payload
+
+
 # -- the publish API body ---------------------------------------------------------------------
 
 #: Messages one POST /api/publish may carry (the body is also capped in bytes by the server).

@@ -63,6 +63,8 @@ _LIMIT_MINIMUM: dict[str, float] = {
 # Limits measured in (fractions of) seconds; the others are whole numbers.
 _LIMIT_MAXIMUM_SECONDS = {"heartbeat": 3600.0, "write_delay": 0.05}
 FLOAT_LIMITS = frozenset(_LIMIT_MAXIMUM_SECONDS)
+#: close_timeout bounds: long enough for a close handshake, short enough for a deploy
+CLOSE_TIMEOUT_RANGE = (0.1, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,9 @@ class Settings:
     #: page (None: they are served on the public port); metrics_host None: the public host
     metrics_host: str | None = None
     metrics_port: int | None = None
+    #: seconds a closed connection's socket may linger (close handshake, unread buffer)
+    #: before it is reset; shutdown takes about this long at most
+    close_timeout: float = 5.0
 
     def limits_for(self, channel: str) -> Limits:
         """The limits of ``channel``: its own table if it has one, else the defaults."""
@@ -130,6 +135,7 @@ _TOP_LEVEL = (
     "max_pending_per_ip",
     "metrics_host",
     "metrics_port",
+    "close_timeout",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Longest max_token_lifetime: a year (a bound longer than that bounds nothing).
@@ -251,6 +257,9 @@ def _build(
         "max_pending_per_ip", top.get("max_pending_per_ip", base.max_pending_per_ip), 1, 2**31 - 1
     )
     metrics_host, metrics_port = _metrics_listener(top, host, port)
+    close_timeout = _number(
+        "close_timeout", top.get("close_timeout", base.close_timeout), *CLOSE_TIMEOUT_RANGE
+    )
 
     defaults = _limits("defaults", Limits(), default_limits)
     overrides: dict[str, Limits] = {}
@@ -280,6 +289,7 @@ def _build(
         max_pending_per_ip=max_pending_per_ip,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
+        close_timeout=close_timeout,
     )
 
 

@@ -30,6 +30,7 @@ from .errors import (
     UnsupportedData,
 )
 from .gateway import Gateway
+from .release import SocketRelease, bound_unacked_time
 from .transports import direct_fd
 
 log = logging.getLogger("wsgateway.web")
@@ -39,8 +40,9 @@ GATEWAY = web.AppKey("gateway", Gateway)
 #: only runs when trusted_proxies is set); see client_of.
 CLIENT = web.RequestKey("client", str)
 CLOSING = web.AppKey("closing", set[asyncio.Task[None]])
-#: Seconds a closing client gets to answer our close frame before its socket is dropped.
-CLOSE_TIMEOUT = 5.0
+#: A write-buffer high-water mark no client reaches: the gateway cuts a client long before
+#: (max_outbox_bytes), so aiohttp's writer never pauses (see the session loop).
+NO_FLOW_CONTROL = 2**31 - 1  # the largest uvloop accepts (a C int)
 #: Largest POST /api/publish body; larger ones get 413.
 MAX_PUBLISH_BODY = 4 * 1024 * 1024
 
@@ -91,8 +93,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if transport is None:  # the peer vanished during the handshake
         channel.release(address)
         return ws
+    # The gateway bounds what each client may have queued itself (max_outbox_bytes, the
+    # slow-consumer cut). aiohttp's flow control would only make this handler wait, inside
+    # an internal close or a pong, on a client that never reads: turn it off.
+    transport.set_write_buffer_limits(high=NO_FLOW_CONTROL)
+    # A client whose window stays shut this long has missed a heartbeat pong and its close
+    # timeout already: the kernel may drop it, even after the process let go of the socket.
+    bound_unacked_time(transport, channel.limits.heartbeat * 1.5 + gateway.settings.close_timeout)
 
-    closer = _Closer(ws, transport, request.app[CLOSING])
+    closer = _Closer(ws, transport, request.app[CLOSING], gateway.sockets)
     user = identity.user if identity else None
     conn = channel.open(transport, closer, address, user, direct_fd(transport))
     expiry = None
@@ -122,6 +131,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     _answer(gateway, channel, conn, protocol.parse_request(msg.data, max_topics))
                 except ClientError as exc:
                     _reply_error(channel, conn, exc)
+            elif kind is WSMsgType.PING:
+                # Answered here (autoping is off), as a reply queued like any other: a client
+                # that floods pings and never reads becomes a slow consumer (1013) instead of
+                # holding this handler in aiohttp's pong write forever.
+                channel.send_frame(conn, protocol.pong_frame(msg.data))
+            elif kind is WSMsgType.PONG:
+                pass  # any frame resets aiohttp's heartbeat; nothing else to do
             elif kind is WSMsgType.BINARY:
                 received.inc()
                 raise UnsupportedData("binary frames are not supported: send JSON text frames")
@@ -148,6 +164,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         if expiry is not None:
             expiry.cancel()
         channel.remove(conn, reason)  # no-op when a close above already removed it
+        # Whoever ended the session (aiohttp after a missed pong, the client, us), the
+        # socket is gone within close_timeout from here.
+        gateway.sockets.release(transport)
     if closer.task is not None:
         await asyncio.shield(closer.task)
     _drop_tracebacks(ws.exception())
@@ -188,7 +207,8 @@ def _admit(
             max_msg_size=channel.limits.max_message_size + 1,
             heartbeat=channel.limits.heartbeat,
             compress=False,  # frames are built once and shared; per-client deflate defeats it
-            timeout=CLOSE_TIMEOUT,
+            timeout=gateway.settings.close_timeout,
+            autoping=False,  # pongs are queued by the session loop (see WSMsgType.PING there)
         )
         address = client_of(request)
         try:
@@ -230,22 +250,26 @@ class _Closer:
     every one in ``closing``. A small object rather than a closure: one per connection.
     """
 
-    __slots__ = ("closing", "task", "transport", "ws")
+    __slots__ = ("closing", "sockets", "task", "transport", "ws")
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        transport: asyncio.BaseTransport,
+        transport: asyncio.Transport,
         closing: set[asyncio.Task[None]],
+        sockets: SocketRelease,
     ) -> None:
         self.ws = ws
         self.transport = transport
         self.closing = closing
+        self.sockets = sockets
         self.task: asyncio.Task[None] | None = None
 
     def __call__(self, code: int, message: str) -> None:
+        # The deadline runs from the start of the close, whatever the close then waits for.
+        self.sockets.release(self.transport)
         task = asyncio.get_running_loop().create_task(
-            _close(self.ws, self.transport, code, message)
+            _close(self.ws, self.transport, self.sockets, code, message)
         )
         self.task = task
         self.closing.add(task)
@@ -317,26 +341,20 @@ def _classify_failure(channel: Channel, error: object) -> str:
 
 
 async def _close(
-    ws: web.WebSocketResponse, transport: asyncio.BaseTransport, code: int, message: str
+    ws: web.WebSocketResponse,
+    transport: asyncio.Transport,
+    sockets: SocketRelease,
+    code: int,
+    message: str,
 ) -> None:
     try:
         # drain=False: a slow consumer's buffer may never drain; the close frame queues
-        # behind it and the client has CLOSE_TIMEOUT seconds to read up to it.
+        # behind it and the client has close_timeout seconds to read up to it, after which
+        # the socket release resets the socket (and so ends this wait too).
         await ws.close(code=code, message=message.encode(), drain=False)
     except Exception:
         log.debug("closing a websocket failed", exc_info=True)
-    if not isinstance(transport, asyncio.WriteTransport):
-        return
-    # Still holding bytes the client has not read (a slow consumer): give it the close
-    # timeout to read up to the close frame, then drop the socket and free the buffer.
-    # Polled, because asyncio offers no "buffer fully flushed" event; this runs only for
-    # the few connections closed with a backlog.
-    deadline = asyncio.get_running_loop().time() + CLOSE_TIMEOUT
-    while transport.get_write_buffer_size() > 0:
-        if asyncio.get_running_loop().time() >= deadline:
-            transport.abort()
-            return
-        await asyncio.sleep(0.05)
+    sockets.release(transport)  # a clean close handshake needs no deadline any more
 
 
 def _rejection_response(rejection: Rejected) -> web.Response:
