@@ -542,6 +542,64 @@ async def test_a_reply_that_overflows_the_outbox_lags_and_is_cut_too() -> None:
     assert h.value(FAILED, reason="slow_consumer") == 0
 
 
+# -- pacing: the relay's side of a burst --------------------------------------------------------
+
+
+async def test_pace_writes_what_is_queued_at_once_even_with_a_write_delay() -> None:
+    h = make_channel(write_delay=0.05)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    assert h.channel.turn_bytes > 0
+    scheduled = h.channel._flush_handle
+    assert scheduled is not None
+
+    await h.channel.pace()  # nobody lags: one turn, no waiting
+
+    assert seqs(client) == [1]
+    assert len(client.transport.writes) == 1
+    assert h.channel.turn_bytes == 0
+    assert scheduled.cancelled()  # the delayed flush has nothing left to do
+
+
+async def test_pace_waits_while_a_client_lags_and_returns_once_it_catches_up() -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    lagging = h.open(transport=FakeTransport(buffer_size=2000, stopped=True))
+    h.channel.subscribe(lagging.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    await after_retry()
+    await after_retry()
+    assert not pacing.done()  # the relay holds back while a client lags
+
+    lagging.transport.buffer_size = 0  # its kernel took everything
+    await asyncio.wait_for(pacing, 5)
+    assert not h.channel.lagging
+    assert lagging.closer.calls == []
+    assert seqs(lagging) == [1]
+
+
+async def test_pace_waits_no_longer_than_the_grace_of_a_stopped_reader() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=3.0)
+    fast = h.open("10.0.0.1")
+    stopped = h.open("10.0.0.2", transport=FakeTransport(buffer_size=2000, stopped=True))
+    for client in (stopped, fast):
+        h.channel.subscribe(client.conn, ["*"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    await after_retry()
+    h.clock.advance(2.9)
+    await after_retry()
+    assert not pacing.done()
+
+    h.clock.advance(0.1)
+    await asyncio.wait_for(pacing, 5)
+    assert stopped.closer.calls == [(1013, "slow consumer")]
+    assert fast.closer.calls == []
+    assert seqs(fast) == [1]
+    assert h.channel.footprint()["lagging"] == 0
+
+
 # -- failing transports ------------------------------------------------------------------------
 
 

@@ -274,9 +274,10 @@ class Channel:
         lagging: list[Connection] = []
         for conn in connections:
             # Re-read the real buffer only near the limit (the cached backlog may be stale).
-            if conn.outbox_bytes + conn.backlog > budget and (
-                pending := conn.pending_bytes()
-            ) > budget:
+            if (
+                conn.outbox_bytes + conn.backlog > budget
+                and (pending := conn.pending_bytes()) > budget
+            ):
                 # Past the limit the client lags and is judged over time; only a frame that
                 # would take it past the hard cap cuts it now (outbox.py).
                 if not self._rule.admits(pending, size):
