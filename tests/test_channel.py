@@ -579,6 +579,24 @@ async def test_pace_waits_while_a_client_lags_and_returns_once_it_catches_up() -
     assert seqs(lagging) == [1]
 
 
+async def test_a_reader_that_trickles_just_under_the_limit_still_lags_and_is_cut() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
+    client = h.open(transport=FakeTransport(buffer_size=2000, stopped=True))
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    await after_retry()
+    client.transport.buffer_size = 1000  # it read a little: under the limit, not half-way
+    h.clock.advance(1.0)
+    await after_retry()
+    assert not pacing.done()
+    assert client.closer.calls == []
+
+    h.clock.advance(1.0)
+    await asyncio.wait_for(pacing, 5)
+    assert client.closer.calls == [(1013, "slow consumer")]
+
+
 async def test_pace_waits_no_longer_than_the_grace_of_a_stopped_reader() -> None:
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=3.0)
     fast = h.open("10.0.0.1")

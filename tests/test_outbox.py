@@ -17,11 +17,20 @@ def test_bounds_follow_the_limit() -> None:
 
 
 @pytest.mark.parametrize("pending", [0, 1, 1023, 1024])
-@pytest.mark.parametrize("since", [None, T0 - 100.0])
-def test_at_or_under_the_limit_a_client_is_kept_however_long_it_lagged(
-    pending: int, since: float | None
-) -> None:
-    assert RULE.judge(pending, since, T0) is Verdict.KEEP
+def test_at_or_under_the_limit_a_client_that_did_not_lag_is_kept(pending: int) -> None:
+    assert RULE.judge(pending, None, T0) is Verdict.KEEP
+
+
+@pytest.mark.parametrize("since", [T0, T0 - 100.0])
+def test_a_lagging_client_stops_lagging_only_at_half_the_limit(since: float) -> None:
+    assert RULE.resume == 512
+    assert RULE.judge(512, since, T0) is Verdict.KEEP
+    assert RULE.judge(0, since, T0) is Verdict.KEEP
+    # Under the limit but above half of it, it still lags: taking a byte now and then
+    # does not hold the relay, and so the whole feed, at a trickle's pace.
+    assert RULE.judge(513, T0, T0 + 1.0) is Verdict.LAG
+    assert RULE.judge(1024, T0, T0 + 1.0) is Verdict.LAG
+    assert RULE.judge(513, T0, T0 + 2.0) is Verdict.CUT
 
 
 @pytest.mark.parametrize("pending", [1025, 2048, 10_000_000])

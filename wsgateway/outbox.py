@@ -5,11 +5,14 @@ handed in at once:
 
 - Its *pending* bytes are what waits for it in this process: its outbox plus what its
   transport still holds because the kernel would not take it.
-- Over ``max_outbox_bytes`` it is *lagging*. The relay stops handing the channel new
-  updates while a client lags (publishers wait on the broker's bounded queue instead), so a
-  reader that is only behind because of a burst catches up and is never cut.
-- Lagging for ``slow_consumer_grace`` seconds without getting back under the limit, it is a
-  slow consumer: closed with 1013. The relay therefore waits at most that long for anyone.
+- Over ``max_outbox_bytes`` it is *lagging*, until it is back under half of that. The relay
+  stops handing the channel new updates while a client lags (publishers wait on the
+  broker's bounded queue instead), so a reader that is only behind because of a burst
+  catches up and is never cut.
+- Lagging for ``slow_consumer_grace`` seconds, it is a slow consumer: closed with 1013. The
+  relay therefore waits at most that long for anyone. The half-way mark is what keeps a
+  reader that trickles from pacing the whole feed at its own speed: to stop lagging it must
+  take ``max_outbox_bytes / 2`` within the grace (512 KiB in 2 s by default), not one byte.
 - A frame that would take it past ``HARD_CAP_FACTOR`` x ``max_outbox_bytes`` cuts it at once,
   so memory per client stays bounded whatever the timing (a single frame larger than that
   still goes to a client with nothing pending: it is not slow, the message is big).
@@ -61,11 +64,18 @@ class SlowConsumerRule:
         """Bytes of frames the relay hands one channel before it flushes and yields."""
         return max(1, self.limit // SLICES)
 
+    @property
+    def resume(self) -> int:
+        """Pending bytes a lagging client must get down to before it stops lagging."""
+        return self.limit // 2
+
     def judge(self, pending: int, lagging_since: float | None, now: float) -> Verdict:
         """The verdict on a client with ``pending`` bytes that has lagged since
         ``lagging_since`` (None: it was not lagging)."""
-        if pending <= self.limit:
+        if lagging_since is None:
+            return Verdict.KEEP if pending <= self.limit else Verdict.LAG
+        if pending <= self.resume:
             return Verdict.KEEP
-        if lagging_since is not None and now - lagging_since >= self.grace:
+        if now - lagging_since >= self.grace:
             return Verdict.CUT
         return Verdict.LAG
