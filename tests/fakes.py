@@ -34,6 +34,7 @@ IDLE_FOOTPRINT = {
     "addresses": 0,
     "dirty": 0,
     "held": 0,
+    "lagging": 0,
 }
 
 
@@ -41,13 +42,15 @@ class FakeTransport:
     """The part of ``asyncio.Transport`` the channel uses, recording what is written.
 
     ``buffer_size`` is what ``get_write_buffer_size()`` reports: set it to simulate a client
-    that stopped reading (the kernel no longer takes our bytes). ``closing`` is what
+    that stopped reading (the kernel no longer takes our bytes). With ``stopped`` set, every
+    write also stays in that buffer, as with a peer that never reads. ``closing`` is what
     ``is_closing()`` reports. Set ``write_error`` to an exception to make ``write`` raise it.
     """
 
-    def __init__(self, buffer_size: int = 0) -> None:
+    def __init__(self, buffer_size: int = 0, *, stopped: bool = False) -> None:
         self.writes: list[bytes] = []
         self.buffer_size = buffer_size
+        self.stopped = stopped
         self.closing = False
         self.write_error: BaseException | None = None
 
@@ -56,6 +59,8 @@ class FakeTransport:
             raise self.write_error
         assert isinstance(data, bytes | bytearray | memoryview), type(data)
         self.writes.append(bytes(data))
+        if self.stopped:
+            self.buffer_size += len(data)
 
     def get_write_buffer_size(self) -> int:
         return self.buffer_size

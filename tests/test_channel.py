@@ -376,82 +376,132 @@ async def test_send_to_a_removed_connection_is_dropped() -> None:
 # -- slow consumers ----------------------------------------------------------------------------
 
 
-async def test_slow_consumer_is_closed_1013_and_the_others_get_every_frame() -> None:
-    h = make_channel(max_outbox_bytes=1024)
+async def after_retry() -> None:
+    """Let the hold/lag retry timer (HOLD_RETRY_SECONDS of loop time) run once more."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.call_later(HOLD_RETRY_SECONDS * 2, done.set_result, None)
+    await done
+
+
+async def test_a_slow_consumer_lags_then_is_closed_1013_after_its_grace() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
     fast = h.open("10.0.0.1")
-    slow = h.open("10.0.0.2", transport=FakeTransport(buffer_size=1000))  # stopped reading
+    slow = h.open("10.0.0.2", transport=FakeTransport(buffer_size=1000, stopped=True))
     for client in (fast, slow):
         h.channel.subscribe(client.conn, ["BTC-USD"])
     h.clock.advance(5.0)
 
     assert h.channel.broadcast(make_update("BTC-USD", 1)) == 2
+    await next_turn()  # 1000 buffered + the frame: over 1024, so it lags from now
+    assert h.channel.lagging
+    assert h.channel.broadcast(make_update("BTC-USD", 2)) == 2  # lagging is not cut
     await next_turn()
-    assert h.channel.broadcast(make_update("BTC-USD", 2)) == 1  # 1000 buffered + frame > 1024
+    h.clock.advance(1.9)
+    await after_retry()
+    assert slow.closer.calls == []  # still within its grace
+    assert h.channel.footprint()["lagging"] == 1
+
+    h.clock.advance(0.1)  # 2 s over the limit without taking a byte
+    await after_retry()
     assert slow.closer.calls == [(1013, "slow consumer")]
+    assert not h.channel.lagging
     for seq in range(3, 6):
         assert h.channel.broadcast(make_update("BTC-USD", seq)) == 1
     await next_turn()
 
     assert seqs(fast) == [1, 2, 3, 4, 5]
-    assert seqs(slow) == [1]
+    assert seqs(slow) == [1, 2]  # handed to its transport, never read
     assert slow.conn.closing
     assert slow.conn not in h.channel.connections
     assert slow.closer.calls == [(1013, "slow consumer")]
     assert h.value(SLOW) == 1
-    assert h.value(FAILED, reason="slow_consumer") == 1  # the frame that did not fit
+    assert h.value(FAILED, reason="slow_consumer") == 0  # its outbox was empty when cut
     assert h.value(ERRORS, type="slow_consumer") == 1
-    assert h.value(LAST_ERROR, type="slow_consumer") == EPOCH + 5.0
+    assert h.value(LAST_ERROR, type="slow_consumer") == EPOCH + 7.0
     assert h.value(DISCONNECTS, reason="slow_consumer") == 1
-    assert h.value(SENT) == 6
+    assert h.value(SENT) == 7
     assert h.channel.state() == ChannelState("ticker", 1, 1, 1, 0)
-    assert h.channel.footprint()["addresses"] == 1
+    assert h.channel.footprint()["lagging"] == 0
 
 
-async def test_a_burst_past_the_outbox_limit_drops_the_client_and_its_queue() -> None:
+async def test_a_client_that_takes_a_burst_stops_lagging_and_is_never_cut() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=0.5)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    for seq in range(1, 9):  # 8 x 256 bytes in one turn: twice the limit
+        assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
+    assert h.channel.lagging
+    await next_turn()  # its kernel takes everything
+    await after_retry()
+    assert not h.channel.lagging
+    assert client.conn.lagging_since is None
+
+    h.clock.advance(60.0)
+    await after_retry()
+    assert client.closer.calls == []
+    assert seqs(client) == list(range(1, 9))
+    assert h.value(SLOW) == 0
+    assert h.channel.footprint() == {
+        **IDLE_FOOTPRINT,
+        "connections": 1,
+        "addresses": 1,
+        "topics": 1,
+    }
+
+
+async def test_a_burst_past_the_hard_cap_drops_the_client_and_its_queue_at_once() -> None:
     h = make_channel(max_outbox_bytes=1024)
     client = h.open()
     h.channel.subscribe(client.conn, ["BTC-USD"])
 
     for seq in range(1, 5):  # 4 x 256 bytes: exactly at the limit, still fine
         assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
+    assert not h.channel.lagging
+    for seq in range(5, 9):  # over the limit it lags, up to the hard cap of 2 x 1024
+        assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
+    assert h.channel.lagging
     assert client.closer.calls == []
-    assert h.channel.state().outbox_bytes == 1024
-    assert h.channel.broadcast(update_of_size(256, seq=5)) == 0  # past the limit
+    assert h.channel.state().outbox_bytes == 2048
+    assert h.channel.broadcast(update_of_size(256, seq=9)) == 0  # past the hard cap
     await next_turn()
 
     assert client.closer.calls == [(1013, "slow consumer")]
     assert client.transport.writes == []
-    assert h.value(FAILED, reason="slow_consumer") == 5  # 4 queued + the one that did not fit
+    assert h.value(FAILED, reason="slow_consumer") == 9  # 8 queued + the one that did not fit
     assert h.value(SLOW) == 1
     assert h.value(SENT) == 0
     assert h.channel.footprint() == IDLE_FOOTPRINT
 
 
-@pytest.mark.parametrize(("extra", "closed"), [(0, False), (1, True)])
+@pytest.mark.parametrize(("extra", "cut"), [(0, False), (1, True)])
 async def test_slow_consumer_limit_counts_transport_buffer_plus_outbox(
-    extra: int, closed: bool
+    extra: int, cut: bool
 ) -> None:
     limit, size = 1024, 200
     h = make_channel(max_outbox_bytes=limit)
     client = h.open()
     h.channel.subscribe(client.conn, ["BTC-USD"])
     h.channel.broadcast(update_of_size(size, seq=1))
-    # What the kernel did not take stays in the transport's buffer after the flush.
-    client.transport.buffer_size = limit - 2 * size + extra
     await next_turn()
+    # It stops reading: what the kernel did not take stays in the transport's buffer.
+    client.transport.buffer_size = limit - 2 * size + extra
+    client.transport.stopped = True
 
     h.channel.broadcast(update_of_size(size, seq=2))
     h.channel.broadcast(update_of_size(size, seq=3))
     await next_turn()
+    assert h.channel.lagging is cut
+    h.clock.advance(h.channel.limits.slow_consumer_grace)
+    await after_retry()
 
-    if closed:
+    assert seqs(client) == [1, 2, 3]
+    if cut:
         assert client.closer.calls == [(1013, "slow consumer")]
-        assert seqs(client) == [1]
-        assert h.value(FAILED, reason="slow_consumer") == 2
+        assert h.value(FAILED, reason="slow_consumer") == 0
         assert h.value(SLOW) == 1
     else:
         assert client.closer.calls == []
-        assert seqs(client) == [1, 2, 3]
         assert h.value(FAILED, reason="slow_consumer") == 0
         assert h.value(SLOW) == 0
 
@@ -476,19 +526,98 @@ async def test_a_stale_backlog_does_not_make_a_false_slow_consumer() -> None:
     assert client.conn in h.channel.connections
 
 
-async def test_a_reply_that_overflows_the_outbox_is_a_slow_consumer_too() -> None:
+async def test_a_reply_that_overflows_the_outbox_lags_and_is_cut_too() -> None:
     h = make_channel(max_outbox_bytes=1024)
-    client = h.open(transport=FakeTransport(buffer_size=1024))
+    client = h.open(transport=FakeTransport(buffer_size=1024, stopped=True))
     h.channel.send(client.conn, protocol.pong(1, 1.0))
-    await next_turn()  # written; the flush sees the full transport buffer
+    await next_turn()  # written; the flush sees the transport buffer past the limit
+    assert h.channel.lagging
 
     h.channel.send(client.conn, protocol.pong(2, 2.0))
     await next_turn()
+    h.clock.advance(h.channel.limits.slow_consumer_grace)
+    await after_retry()
 
     assert client.closer.calls == [(1013, "slow consumer")]
-    assert [m["id"] for m in client.messages()] == [1]
+    assert [m["id"] for m in client.messages()] == [1, 2]  # in its buffer, never read
     assert h.value(SLOW) == 1
-    assert h.value(FAILED, reason="slow_consumer") == 1
+    assert h.value(FAILED, reason="slow_consumer") == 0
+
+
+# -- pacing: the relay's side of a burst --------------------------------------------------------
+
+
+async def test_pace_writes_what_is_queued_at_once_even_with_a_write_delay() -> None:
+    h = make_channel(write_delay=0.05)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    assert h.channel.turn_bytes > 0
+    scheduled = h.channel._flush_handle
+    assert scheduled is not None
+
+    await h.channel.pace()  # nobody lags: one turn, no waiting
+
+    assert seqs(client) == [1]
+    assert len(client.transport.writes) == 1
+    assert h.channel.turn_bytes == 0
+    assert scheduled.cancelled()  # the delayed flush has nothing left to do
+
+
+async def test_pace_waits_while_a_client_lags_and_returns_once_it_catches_up() -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    lagging = h.open(transport=FakeTransport(buffer_size=2000, stopped=True))
+    h.channel.subscribe(lagging.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    await after_retry()
+    await after_retry()
+    assert not pacing.done()  # the relay holds back while a client lags
+
+    lagging.transport.buffer_size = 0  # its kernel took everything
+    await asyncio.wait_for(pacing, 5)
+    assert not h.channel.lagging
+    assert lagging.closer.calls == []
+    assert seqs(lagging) == [1]
+
+
+async def test_a_reader_that_trickles_just_under_the_limit_still_lags_and_is_cut() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
+    client = h.open(transport=FakeTransport(buffer_size=2000, stopped=True))
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    await after_retry()
+    client.transport.buffer_size = 1000  # it read a little: under the limit, not half-way
+    h.clock.advance(1.0)
+    await after_retry()
+    assert not pacing.done()
+    assert client.closer.calls == []
+
+    h.clock.advance(1.0)
+    await asyncio.wait_for(pacing, 5)
+    assert client.closer.calls == [(1013, "slow consumer")]
+
+
+async def test_pace_waits_no_longer_than_the_grace_of_a_stopped_reader() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=3.0)
+    fast = h.open("10.0.0.1")
+    stopped = h.open("10.0.0.2", transport=FakeTransport(buffer_size=2000, stopped=True))
+    for client in (stopped, fast):
+        h.channel.subscribe(client.conn, ["*"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    await after_retry()
+    h.clock.advance(2.9)
+    await after_retry()
+    assert not pacing.done()
+
+    h.clock.advance(0.1)
+    await asyncio.wait_for(pacing, 5)
+    assert stopped.closer.calls == [(1013, "slow consumer")]
+    assert fast.closer.calls == []
+    assert seqs(fast) == [1]
+    assert h.channel.footprint()["lagging"] == 0
 
 
 # -- failing transports ------------------------------------------------------------------------

@@ -147,7 +147,9 @@ async def test_message_rate_limit_replies_then_closes_1008(start_gateway: StartG
 async def test_slow_consumer_closed_1013_without_slowing_others(
     start_gateway: StartGateway,
 ) -> None:
-    gw = await start_gateway(max_outbox_bytes=65536)
+    # Over HOLD_BYTES, so that a client the kernel stops taking bytes from is held, its
+    # frames kept in its outbox, until it is cut slow_consumer_grace after passing the limit.
+    gw = await start_gateway(max_outbox_bytes=262144, slow_consumer_grace=0.5)
     fast = await bystander(gw)
     slow = await websockets.connect(gw.ws_url("ticker"), max_queue=1)
     await request(slow, {"type": "subscribe", "topics": ["BTC-USD"]})
@@ -164,7 +166,7 @@ async def test_slow_consumer_closed_1013_without_slowing_others(
     published = 0
     channel_slow = "wsgateway_slow_consumers_total"
     while sample(gw, channel_slow, channel="ticker") == 0 and published < 8000:
-        # Four 8 KB messages a loop turn stay under the 64 KiB outbox of a client that reads.
+        # Four 8 KB messages a loop turn stay under the outbox of a client that reads.
         await gw.gateway.publish_many(
             [{"channel": "ticker", "topic": "BTC-USD", "data": payload}] * 4
         )

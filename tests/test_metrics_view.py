@@ -247,6 +247,7 @@ def test_limits_and_rate_limits_come_from_the_limit_gauge() -> None:
         "max_outbox_bytes": 1048576,
         "heartbeat": 2.5,
         "write_delay": 0.0,
+        "slow_consumer_grace": 2.0,
     }
     assert isinstance(ticker["limits"]["max_topics"], int)
     assert view["managers"]["market"]["rate_limits"] == {

@@ -31,6 +31,7 @@ SPEC_LIMITS: dict[str, float] = {
 # Ours beyond the SPEC's table: off by default, so the defaults behave as the SPEC says.
 EXTRA_LIMITS: dict[str, float] = {
     "write_delay": 0.0,
+    "slow_consumer_grace": 2.0,
     # the channel's handshake budget: 10,000 clients dropped at once are back in ~10 s
     "handshakes_per_second": 1000,
     "handshake_burst": 1000,
@@ -72,6 +73,32 @@ def test_write_delay_refuses_values_outside_0_to_50_ms(value: str) -> None:
     error = settings_error(env={"WSGATEWAY_WRITE_DELAY": value})
     assert error.setting == "write_delay"
     assert str(error) == f"bad setting write_delay={value!r}: expected a number from 0 to 0.05"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", 0.0), ("0.5", 0.5), (60, 60.0)])
+def test_slow_consumer_grace_accepts_zero_to_60_seconds(value: object, expected: float) -> None:
+    settings = load_settings(env={"WSGATEWAY_SLOW_CONSUMER_GRACE": str(value)})
+    assert settings.defaults.slow_consumer_grace == expected
+
+
+@pytest.mark.parametrize("value", ["-0.1", "60.5", "never"])
+def test_slow_consumer_grace_refuses_values_outside_0_to_60_seconds(value: str) -> None:
+    error = settings_error(env={"WSGATEWAY_SLOW_CONSUMER_GRACE": value})
+    assert error.setting == "slow_consumer_grace"
+    assert str(error) == (
+        f"bad setting slow_consumer_grace={value!r}: expected a number from 0 to 60"
+    )
+
+
+def test_slow_consumer_grace_per_channel_in_toml(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "[channel.ticker]\nslow_consumer_grace = 0.25\n")
+    settings = load_settings(config_file=path)
+    assert settings.limits_for("ticker").slow_consumer_grace == 0.25
+    assert settings.limits_for("trades").slow_consumer_grace == 2.0
+    error = settings_error(
+        config_file=write_toml(tmp_path, "[defaults]\nslow_consumer_grace = -1\n")
+    )
+    assert error.setting == "slow_consumer_grace"
 
 
 def test_load_settings_without_layers_gives_defaults() -> None:

@@ -4,9 +4,10 @@ decided by its :class:`~wsgateway.admission.Admission`.
 The fan-out follows DESIGN.md, "The hot path": an update is encoded and framed once, the
 frame is appended to each subscriber's outbox, and one callback per event-loop turn writes
 each dirty outbox with a single ``transport.write``. No task, future or ``await`` per
-delivery; a client whose queued bytes pass ``max_outbox_bytes`` is dropped (1013) at once,
-so it never slows the others. Metrics are counted once per broadcast or flush, not per
-delivery.
+delivery. A client whose queued bytes pass ``max_outbox_bytes`` lags: the relay waits for it
+(:meth:`Channel.pace`) until it catches up or, after ``slow_consumer_grace``, is dropped
+(1013); the rule is in ``outbox.py``. Metrics are counted once per broadcast or flush, not
+per delivery.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .brokers.base import Update
 from .connection import Closer, Connection, Transport
 from .errors import Draining, ForbiddenTopic, Rejected, TooManyTopics
 from .metrics import ChannelMetrics, ChannelState
+from .outbox import SlowConsumerRule, Verdict
 from .ratelimit import LogThrottle
 from .settings import Limits
 
@@ -72,6 +74,14 @@ class Channel:
         # the outbox, retried every HOLD_RETRY_SECONDS until the kernel takes them.
         self._held: set[Connection] = set()
         self._retry_handle: asyncio.TimerHandle | None = None
+        self._rule = SlowConsumerRule(limits.max_outbox_bytes, limits.slow_consumer_grace)
+        #: Bytes of update frames queued since the last flush, and how many the relay may
+        #: queue before it flushes and yields (:meth:`pace`): a burst goes out in slices.
+        self.turn_bytes = 0
+        self.slice_bytes = self._rule.slice_bytes
+        # Connections over max_outbox_bytes, judged every HOLD_RETRY_SECONDS until they
+        # catch up or are cut; the relay waits while there are any.
+        self._lagging: set[Connection] = set()
 
     # -- admission ------------------------------------------------------------------------
 
@@ -140,6 +150,7 @@ class Channel:
             return
         self._connections.discard(conn)
         self._held.discard(conn)
+        self._lagging.discard(conn)
         self.admission.closed(conn.address)
         self._drop_subscriptions(conn, tuple(conn.topics))
         if conn.outbox:
@@ -240,6 +251,7 @@ class Channel:
             queued += self._enqueue(self._wildcard, frame)
         if queued:
             self._queued_ts.append(update.ts)
+            self.turn_bytes += len(frame)
         metrics = self.metrics
         metrics.message_size.observe(len(frame))
         metrics.broadcast_duration.observe(time.perf_counter() - started)
@@ -251,17 +263,20 @@ class Channel:
         budget = self.limits.max_outbox_bytes - size
         dirty = self._dirty
         slow: list[Connection] = []
+        lagging: list[Connection] = []
         for conn in connections:
             # Re-read the real buffer only near the limit (the cached backlog may be stale).
-            # A client with nothing queued always takes one frame, however large: it is not
-            # slow, the message is big.
             if (
                 conn.outbox_bytes + conn.backlog > budget
-                and (pending := conn.pending_bytes())
-                and pending > budget
+                and (pending := conn.pending_bytes()) > budget
             ):
-                slow.append(conn)
-                continue
+                # Past the limit the client lags and is judged over time; only a frame that
+                # would take it past the hard cap cuts it now (outbox.py).
+                if not self._rule.admits(pending, size):
+                    slow.append(conn)
+                    continue
+                if conn.lagging_since is None:
+                    lagging.append(conn)
             outbox = conn.outbox
             if not outbox:  # first frame this turn: the flush must visit this connection
                 dirty.append(conn)
@@ -278,11 +293,58 @@ class Channel:
         queued = len(connections) - len(slow)  # before the drops shrink `connections`
         for conn in slow:
             self._drop_slow_consumer(conn)
+        if lagging:
+            self._start_lagging(lagging)
         return queued
+
+    def _start_lagging(self, connections: list[Connection]) -> None:
+        now = self._clock()
+        for conn in connections:
+            if not conn.closing:
+                conn.lagging_since = now
+                self._lagging.add(conn)
+        self._schedule_retry()
+
+    def _judge_lagging(self) -> None:
+        """Let lagging clients that caught up go; cut those whose grace has run out."""
+        now = self._clock()
+        judge = self._rule.judge
+        for conn in list(self._lagging):
+            verdict = judge(conn.pending_bytes(), conn.lagging_since, now)
+            if verdict is Verdict.KEEP:
+                conn.lagging_since = None
+                self._lagging.discard(conn)
+            elif verdict is Verdict.CUT:
+                self._lagging.discard(conn)
+                self._drop_slow_consumer(conn, unsent=0)
+
+    @property
+    def lagging(self) -> bool:
+        """True while a client is over max_outbox_bytes: the relay waits (:meth:`pace`)."""
+        return bool(self._lagging)
+
+    async def pace(self) -> None:
+        """Between slices of a burst: write what is queued, let the loop run (readers,
+        other channels, publishers), then wait while a client lags.
+
+        The wait is what turns a burst's pressure back on the publisher (the broker's queue
+        is bounded) instead of on the readers. It is bounded: a lagging client either gets
+        back under ``max_outbox_bytes`` or is cut within ``slow_consumer_grace``.
+        """
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()  # the flush happens here, now
+        self.flush()
+        await asyncio.sleep(0)
+        while self._lagging:
+            self._judge_lagging()
+            if not self._lagging:
+                break
+            await asyncio.sleep(HOLD_RETRY_SECONDS)
 
     def flush(self) -> None:
         """Write every dirty outbox with one write per connection. Runs once per loop turn."""
         self._flush_handle = None
+        self.turn_bytes = 0
         dirty, self._dirty = self._dirty, []
         self._write_outboxes(dirty)
         if self._queued_ts:
@@ -296,10 +358,21 @@ class Channel:
         self._retry_handle = None
         held, self._held = self._held, set()
         self._write_outboxes(held)
+        if self._lagging:
+            self._judge_lagging()
+            self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
+        if (self._held or self._lagging) and self._retry_handle is None:
+            self._retry_handle = asyncio.get_running_loop().call_later(
+                HOLD_RETRY_SECONDS, self._retry_held
+            )
 
     def _write_outboxes(self, connections: Iterable[Connection]) -> None:
         sent = lost = 0
         held = self._held
+        limit = self.limits.max_outbox_bytes
+        lagging: list[Connection] = []
         for conn in connections:
             outbox = conn.outbox
             count = len(outbox)
@@ -311,8 +384,8 @@ class Channel:
                 if conn.backlog > HOLD_BYTES and not transport.is_closing():
                     # The kernel is not taking this client's bytes. Keep its frames as they
                     # are, shared with every other subscriber, rather than join them into a
-                    # copy of its own: a lagging client then costs a list of references, and
-                    # only the client that passes max_outbox_bytes is dropped.
+                    # copy of its own: a lagging client then costs a list of references
+                    # until it catches up or is judged a slow consumer (outbox.py).
                     held.add(conn)
                     continue
             data = outbox[0] if count == 1 else b"".join(outbox)
@@ -345,23 +418,25 @@ class Channel:
                 lost += count
                 self._fail(conn, "send_failed", 1011, "send failed")
                 continue
-            conn.backlog = transport.get_write_buffer_size()
+            conn.backlog = backlog = transport.get_write_buffer_size()
+            if backlog > limit and conn.lagging_since is None:
+                lagging.append(conn)  # the kernel refused more than the limit: it lags now
             sent += count
+        if lagging:
+            self._start_lagging(lagging)
         if sent:
             self.metrics.sent.inc(sent)
         if lost:
             self.metrics.failed["connection_lost"].inc(lost)
-        if held and self._retry_handle is None:
-            self._retry_handle = asyncio.get_running_loop().call_later(
-                HOLD_RETRY_SECONDS, self._retry_held
-            )
+        if held:
+            self._schedule_retry()
 
-    def _drop_slow_consumer(self, conn: Connection) -> None:
+    def _drop_slow_consumer(self, conn: Connection, unsent: int = 1) -> None:
         if conn.closing:
             return
         # Everything still in the outbox is lost to this client, and so is the frame that
-        # did not fit: count them, free them, and close with 1013.
-        self.metrics.failed["slow_consumer"].inc(len(conn.outbox) + 1)
+        # did not fit (``unsent``): count them, free them, and close with 1013.
+        self.metrics.failed["slow_consumer"].inc(len(conn.outbox) + unsent)
         conn.outbox.clear()
         conn.outbox_bytes = 0
         self.metrics.slow_consumers.inc()
@@ -433,6 +508,7 @@ class Channel:
             "addresses": self.admission.addresses(),
             "dirty": len(self._dirty),
             "held": len(self._held),
+            "lagging": len(self._lagging),
         }
 
     def admission_window(self) -> int:

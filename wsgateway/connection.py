@@ -45,6 +45,7 @@ class Connection:
         "closer",
         "closing",
         "fd",
+        "lagging_since",
         "outbox",
         "outbox_bytes",
         "transport",
@@ -80,6 +81,8 @@ class Connection:
         self.outbox_bytes = 0
         #: bytes the transport still held after the last flush (the kernel would not take them)
         self.backlog = 0
+        #: when its pending bytes passed max_outbox_bytes (None: not lagging); see outbox.py
+        self.lagging_since: float | None = None
         self.closing = False
         self.bucket = TokenBucket(messages_per_second, messages_per_second, now)
         # Only a client that broke the rate limit needs a strike window (~900 bytes).

@@ -93,7 +93,14 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def relay(self) -> None:
-        """Hand every message from the broker to its channel, until the broker stops."""
+        """Hand every message from the broker to its channel, until the broker stops.
+
+        A batch goes out in slices: once a channel has queued ``slice_bytes`` of frames, they
+        are written before more are queued, and while a client of the channel lags the relay
+        waits (:meth:`Channel.pace`, bounded by ``slow_consumer_grace``). Meanwhile the
+        broker's bounded queue fills and publishers wait: a legal burst slows the publisher,
+        it does not cut the readers.
+        """
         channels = self.channels
         try:
             async for batch in self.broker.batches():
@@ -108,6 +115,11 @@ class Gateway:
                         # one traceback per message: counted always, logged throttled.
                         channel.metrics.error("internal")
                         self._log_broadcast_failure(update.channel)
+                    if channel.turn_bytes >= channel.slice_bytes:
+                        await channel.pace()
+                for channel in channels.values():
+                    if channel.lagging:
+                        await channel.pace()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -43,6 +43,8 @@ class Limits:
     heartbeat: float = 20.0
     #: seconds to hold writes so more frames share one system call (0: write every loop turn)
     write_delay: float = 0.0
+    #: seconds a client may stay over max_outbox_bytes before it is cut (1013); outbox.py
+    slow_consumer_grace: float = 2.0
 
 
 LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
@@ -59,9 +61,10 @@ _LIMIT_MINIMUM: dict[str, float] = {
     "max_outbox_bytes": 1024,
     "heartbeat": 0.1,
     "write_delay": 0.0,
+    "slow_consumer_grace": 0.0,
 }
 # Limits measured in (fractions of) seconds; the others are whole numbers.
-_LIMIT_MAXIMUM_SECONDS = {"heartbeat": 3600.0, "write_delay": 0.05}
+_LIMIT_MAXIMUM_SECONDS = {"heartbeat": 3600.0, "write_delay": 0.05, "slow_consumer_grace": 60.0}
 FLOAT_LIMITS = frozenset(_LIMIT_MAXIMUM_SECONDS)
 #: close_timeout bounds: long enough for a close handshake, short enough for a deploy
 CLOSE_TIMEOUT_RANGE = (0.1, 60.0)

@@ -11,20 +11,29 @@ from .base import Message, Update
 
 # Batches waiting for the relay loop; past this, publishers wait (backpressure, not loss).
 QUEUE_BATCHES = 1024
+# Messages waiting for (or in) the relay loop; past this, publishers wait too. The relay
+# pauses while a client lags (Channel.pace), and 1024 batches of 10,000 messages would hold
+# gigabytes meanwhile; 100,000 messages are tens of MB.
+QUEUE_MESSAGES = 100_000
 
 
 class MemoryBroker:
     """Numbers messages with a per-(channel, topic) counter and queues them for the relay."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, *, max_queued: int = QUEUE_MESSAGES
+    ) -> None:
         self._clock = clock
+        self._max_queued = max_queued
+        # Messages handed to the queue and not yet through the relay.
+        self._queued = 0
         self._sequences: dict[tuple[str, str], int] = {}
         self._queue: asyncio.Queue[Sequence[Update] | None] | None = None
         # Numbering and queueing happen under one lock: when the queue is full, a later
         # publisher must not overtake an earlier one and deliver seq N+1 before N.
         self._order = asyncio.Lock()
-        # The one publisher (it holds _order) waiting for room in a full queue, if any:
-        # woken when the relay takes a batch, and when the broker stops.
+        # The one publisher (it holds _order) waiting for room, if any: woken when the
+        # relay is done with a batch, and when the broker stops.
         self._room: asyncio.Future[None] | None = None
 
     @property
@@ -33,6 +42,7 @@ class MemoryBroker:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue(QUEUE_BATCHES)
+        self._queued = 0
 
     async def stop(self) -> None:
         queue, self._queue = self._queue, None
@@ -55,9 +65,9 @@ class MemoryBroker:
                 seq = (taken.get(key) or sequences.get(key, 0)) + 1
                 taken[key] = seq
                 batch.append(Update(message.channel, message.topic, seq, now, message.data))
-            if queue.full():
-                await self._wait_for_room(queue)
+            await self._wait_for_room(queue)
             queue.put_nowait(batch)
+            self._queued += len(batch)
             # Numbers count only once queued: a refused batch leaves no gap.
             sequences.update(taken)
         return len(batch)
@@ -65,7 +75,7 @@ class MemoryBroker:
     async def _wait_for_room(self, queue: asyncio.Queue[Sequence[Update] | None]) -> None:
         """Backpressure on publishers while the relay catches up; ConnectionError if the
         broker stops meanwhile (the relay is gone: the batch would never be delivered)."""
-        while queue.full():
+        while queue.full() or self._queued >= self._max_queued:
             waiter = self._room = asyncio.get_running_loop().create_future()
             try:
                 await waiter
@@ -84,7 +94,11 @@ class MemoryBroker:
             raise ConnectionError("the memory broker is not started")
         while True:
             batch = await queue.get()
-            self._wake()
             if batch is None:
                 return
-            yield batch
+            try:
+                yield batch
+            finally:
+                # The relay is done with it (it asks for the next one): room for more.
+                self._queued -= len(batch)
+                self._wake()
