@@ -65,7 +65,8 @@ class MemoryBroker:
                 seq = (taken.get(key) or sequences.get(key, 0)) + 1
                 taken[key] = seq
                 batch.append(Update(message.channel, message.topic, seq, now, message.data))
-            await self._wait_for_room(queue)
+            if not self._has_room(queue):
+                await self._wait_for_room(queue)
             queue.put_nowait(batch)
             self._queued += len(batch)
             # Numbers count only once queued: a refused batch leaves no gap.
@@ -75,7 +76,7 @@ class MemoryBroker:
     async def _wait_for_room(self, queue: asyncio.Queue[Sequence[Update] | None]) -> None:
         """Backpressure on publishers while the relay catches up; ConnectionError if the
         broker stops meanwhile (the relay is gone: the batch would never be delivered)."""
-        while queue.full() or self._queued >= self._max_queued:
+        while not self._has_room(queue):
             waiter = self._room = asyncio.get_running_loop().create_future()
             try:
                 await waiter
@@ -83,6 +84,9 @@ class MemoryBroker:
                 self._room = None
             if self._queue is not queue:
                 raise ConnectionError("the memory broker stopped")
+
+    def _has_room(self, queue: asyncio.Queue[Sequence[Update] | None]) -> bool:
+        return not queue.full() and self._queued < self._max_queued
 
     def _wake(self) -> None:
         if self._room is not None and not self._room.done():
@@ -94,6 +98,7 @@ class MemoryBroker:
             raise ConnectionError("the memory broker is not started")
         while True:
             batch = await queue.get()
+            self._wake()  # room in the queue (the message bound is checked again)
             if batch is None:
                 return
             try:
