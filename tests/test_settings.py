@@ -725,3 +725,44 @@ def test_bad_allowed_origins_name_the_setting(tmp_path: Path, origin: str) -> No
 def test_allowed_origins_must_be_a_list(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "allowed_origins = 3\n")
     assert_names(settings_error(config_file=path), "allowed_origins", 3)
+
+
+# -- an environment holds more than our variables -------------------------------------------------
+
+MIXED_ENV = [
+    ("PATH", "/usr/local/bin:/usr/bin"),
+    ("WSGATEWAY_PORT", "9001"),
+    ("HOME", "/root"),
+    ("WSGATEWAY_CONFIG", "/etc/wsgateway.toml"),  # the CLI's to read, skipped here
+    ("wsgateway_port", "1"),  # names are case-sensitive: not ours
+    ("MY_WSGATEWAY_PORT", "2"),  # the prefix must start the name
+    ("WSGATEWAYPORT", "3"),
+    ("WSGATEWAY_MAX_TOPICS", "7"),
+    ("LANG", "C.UTF-8"),
+    ("WSGATEWAY_HOST", "0.0.0.0"),
+    ("TERM", "xterm"),
+]
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["as_listed", "reversed", "sorted", "ours_last"],
+)
+def test_env_mixing_other_variables_reads_every_wsgateway_one(order: str) -> None:
+    items = {
+        "as_listed": MIXED_ENV,
+        "reversed": MIXED_ENV[::-1],
+        "sorted": sorted(MIXED_ENV),
+        "ours_last": sorted(MIXED_ENV, key=lambda item: item[0].startswith("WSGATEWAY_")),
+    }[order]
+    settings = load_settings(env=dict(items))
+    assert (settings.port, settings.host, settings.defaults.max_topics) == (9001, "0.0.0.0", 7)
+    assert dataclasses.replace(settings, port=8080, host="127.0.0.1") == dataclasses.replace(
+        Settings(), defaults=dataclasses.replace(Limits(), max_topics=7)
+    )
+
+
+def test_env_with_only_other_variables_gives_defaults() -> None:
+    others = {name: value for name, value in MIXED_ENV if not name.startswith("WSGATEWAY_")}
+    assert len(others) == 7
+    assert load_settings(env=others) == Settings()
