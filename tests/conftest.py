@@ -20,9 +20,19 @@ import pytest
 import websockets
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import settings as hypothesis_settings
 
 from wsgateway import Limits, Settings, create_app, get_gateway
 from wsgateway.gateway import Gateway
+
+# Property-based tests (test_protocol_fuzz.py) are reproducible by default: the same
+# examples on every run and machine, no example database, no deadline on a loaded CI host.
+# `pytest --hypothesis-profile=explore` searches with fresh random examples, 20x as many.
+hypothesis_settings.register_profile(
+    "wsgateway", max_examples=300, deadline=None, derandomize=True, database=None
+)
+hypothesis_settings.register_profile("explore", max_examples=6000, deadline=None)
+hypothesis_settings.load_profile("wsgateway")
 
 
 @dataclass
@@ -124,10 +134,10 @@ def loop_errors(request: pytest.FixtureRequest) -> Iterator[list[logging.LogReco
     and torn down after that loop closed: errors logged by fixture teardown and by the
     loop's shutdown fail the test's teardown. A garbage collection of what the test
     allocated makes "Task was destroyed but it is pending" and "exception was never
-    retrieved", reported only when the object is freed, show up in the test that leaked them. A test that provokes such an
-    error on purpose opts out with ``@pytest.mark.allow_loop_errors("regex", ...)`` (no
-    pattern: any error); the yielded list holds what was logged so far, for the test to
-    assert on.
+    retrieved", reported only when the object is freed, show up in the test that leaked
+    them. A test that provokes such an error on purpose opts out with
+    ``@pytest.mark.allow_loop_errors("regex", ...)`` (no pattern: any error); the yielded
+    list holds what was logged so far, for the test to assert on.
     """
     stray = LOOP_ERROR_LOG.take()
     if stray:  # after the previous test's check, e.g. by a session fixture's teardown
