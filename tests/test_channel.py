@@ -1265,13 +1265,15 @@ async def test_a_lag_that_outlasts_several_retries_is_delivered_when_each_client
     assert len(retries) >= 6
 
 
-async def test_a_flush_with_nothing_held_schedules_no_retry() -> None:
+async def test_a_transport_drained_to_hold_bytes_gets_writes_and_no_retry() -> None:
     h = make_channel()
     client = h.open()
     h.channel.subscribe(client.conn, ["BTC-USD"])
-    client.transport.buffer_size = HOLD_BYTES  # the most a transport may hold and get writes
+    client.transport.buffer_size = HOLD_BYTES + 1
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
+    # Drained since, to the most a transport may hold and still get writes: no hold.
+    client.transport.buffer_size = HOLD_BYTES
     h.channel.broadcast(make_update("BTC-USD", 2))
     await next_turn()
 
