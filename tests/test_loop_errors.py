@@ -82,6 +82,16 @@ def test_sync_test_is_checked_too():
         loop.close()
 
 
+def test_uvloop_is_checked_too():
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    try:
+        loop.call_soon(lambda: 1 / 0)
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+
+
 @pytest.mark.allow_loop_errors(r"ZeroDivisionError")
 async def test_allowed_by_pattern(loop_errors):
     asyncio.get_running_loop().call_soon(lambda: 1 / 0)
@@ -154,6 +164,11 @@ def test_an_exception_never_retrieved_fails_the_test(outcomes: dict[str, str]) -
 
 def test_a_loop_a_sync_test_runs_itself_is_checked(outcomes: dict[str, str]) -> None:
     assert outcomes["test_sync_test_is_checked_too"] == "FAILED"
+
+
+def test_uvloop_reports_to_the_same_handler(outcomes: dict[str, str]) -> None:
+    pytest.importorskip("uvloop")
+    assert outcomes["test_uvloop_is_checked_too"] == "FAILED"
 
 
 @pytest.mark.parametrize("name", ["test_allowed_by_pattern", "test_allowed_without_pattern"])
