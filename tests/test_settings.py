@@ -847,7 +847,7 @@ def test_refusals_say_exactly_what_is_allowed(
     tmp_path: Path, layers: dict[str, Any], message: str
 ) -> None:
     if "toml" in layers:
-        layers = {"config_file": write_toml(tmp_path, layers.pop("toml")), **layers}
+        layers = {"config_file": write_toml(tmp_path, layers["toml"])}
     assert str(settings_error(**layers)) == message
 
 
