@@ -197,13 +197,16 @@ class Harness:
 def make_channel(name: str = "ticker", **limits: Any) -> Harness:
     """A :class:`Channel` named ``name`` with ``limits`` overriding the defaults.
 
-    The registry is fresh (never the global one) and a single :class:`FakeClock` drives both
-    the channel (admission window) and the metrics (last-error timestamps).
+    The registry is fresh (never the global one) and a single :class:`FakeClock` drives the
+    channel (admission window, and as its wall clock the delivery latency) and the metrics
+    (last-error timestamps).
     """
     clock = FakeClock()
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry, clock=clock)
-    channel = Channel(name, Limits(**limits), metrics.for_channel(name), clock=clock)
+    channel = Channel(
+        name, Limits(**limits), metrics.for_channel(name), clock=clock, wall_clock=clock
+    )
     return Harness(channel, registry, metrics, clock)
 
 

@@ -480,6 +480,8 @@ def test_refused_origin_message_is_bounded() -> None:
     with pytest.raises(ForbiddenOrigin) as info:
         check_origin("https://" + "a" * 5000 + ".net", ALLOWED)
     assert len(info.value.message) < 150
+    shown = "https://" + "a" * 92  # the first 100 characters
+    assert info.value.message == f"origin {shown!r} is not in allowed_origins"
 
 
 # -- the loopback rule against cross-site and relayed publishing --------------------------------

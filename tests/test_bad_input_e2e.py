@@ -9,8 +9,12 @@ aiohttp.ClientSession the HTTP client, so nothing here shares code with the serv
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import io
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -22,12 +26,14 @@ import jwt
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
+from websockets.typing import Origin
 
 from wsgateway import Settings
 
 from .conftest import RunningGateway, StartGateway, recv_json, request, until, wait_closed
 
-pytestmark = pytest.mark.e2e
+# Every case here is hostile or boundary input over real sockets: the attack suite too.
+pytestmark = [pytest.mark.e2e, pytest.mark.attack]
 
 TOPIC_RULE = 'topic must be 1-64 characters of A-Z a-z 0-9 . _ - : / (or "*" for all topics)'
 PUBLISH_TOPIC_RULE = "topic must be 1-64 characters of A-Z a-z 0-9 . _ - : /"
@@ -104,6 +110,27 @@ def error(code: str, message: str, request_id: Any = NO_ID) -> dict[str, Any]:
 
 def user_token(sub: Any = "alice", secret: str = JWT_SECRET, **claims: Any) -> str:
     return jwt.encode({"sub": sub, **claims}, secret, algorithm="HS256")
+
+
+def forged_token(header: dict[str, Any], key: bytes | None) -> str:
+    """A JWT made by hand, as a forger would: HMAC-SHA256 with ``key``, or a random
+    256-byte signature (what an RS256 token looks like) when ``key`` is None."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps({'sub': 'alice'}).encode())}"
+    if key is None:
+        return f"{signing}.{b64(os.urandom(256))}"
+    return f"{signing}.{b64(hmac.new(key, signing.encode(), hashlib.sha256).digest())}"
+
+
+#: A public key a forger could know: HS/RS confusion signs HS256 with it as the HMAC secret.
+PUBLIC_KEY_PEM = (
+    b"-----BEGIN PUBLIC KEY-----\n"
+    b"MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEqHkR1x9cJ2Q8f3x2M6o7nYVb1Wc0\n"
+    b"-----END PUBLIC KEY-----\n"
+)
 
 
 # -- bad client frames: an error reply, the connection stays open -----------------------------
@@ -539,6 +566,28 @@ def _tokens() -> dict[str, tuple[str, str]]:
             jwt.encode({"sub": "alice"}, JWT_SECRET * 2, algorithm="HS512"),
             "invalid token (InvalidAlgorithmError)",
         ),
+        # Forgeries: another algorithm than HS256, however spelt, or the right algorithm
+        # with another key (a public key as HMAC secret: HS/RS confusion; an empty key).
+        "alg-rs256": (
+            forged_token({"alg": "RS256", "typ": "JWT"}, None),
+            "invalid token (InvalidAlgorithmError)",
+        ),
+        "alg-None-capitalised": (
+            forged_token({"alg": "None", "typ": "JWT"}, b""),
+            "invalid token (InvalidAlgorithmError)",
+        ),
+        "alg-hs256-lower-case": (
+            forged_token({"alg": "hs256", "typ": "JWT"}, JWT_SECRET.encode()),
+            "invalid token (InvalidAlgorithmError)",
+        ),
+        "hs-rs-confusion": (
+            forged_token({"alg": "HS256", "typ": "JWT"}, PUBLIC_KEY_PEM),
+            "invalid token (InvalidSignatureError)",
+        ),
+        "empty-key-with-kid": (
+            forged_token({"alg": "HS256", "kid": "../../dev/null"}, b""),
+            "invalid token (InvalidSignatureError)",
+        ),
         "sub-wildcard": (user_token("*"), BAD_SUBJECT),
         "sub-with-space": (user_token("al ice"), BAD_SUBJECT),
     }
@@ -618,6 +667,58 @@ async def test_user_channel_without_credentials_is_refused(
             "message": message,
         }
         await bystander_still_served(gw, bystander)
+
+
+ALLOWED_ORIGINS = ("https://app.example.com", "https://*.desk.example.com")
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "null",  # a sandboxed iframe, a file: page, a cross-site redirect
+        "",
+        "https://app.example.com.evil.com",  # the allowed site as a prefix
+        "https://evilapp.example.com",  # ... as a suffix without the dot
+        "https://app.example.co",
+        "http://app.example.com",  # another scheme
+        "https://app.example.com:8443",  # another port
+        "https://desk.example.com",  # a wildcard covers subdomains, not the domain
+        "https://desk.example.com.evil.com",
+        "https://evildesk.example.com",
+        "http://ny.desk.example.com",
+    ],
+)
+async def test_origin_tricks_are_refused_403(start_gateway: StartGateway, origin: str) -> None:
+    gw = await start_gateway(Settings(allowed_origins=ALLOWED_ORIGINS))
+    async with subscribed(gw, "ticker", ["BTC-USD"]) as bystander:
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(gw.ws_url("ticker"), origin=Origin(origin))
+        assert refused.value.response.status_code == 403
+        assert json.loads(refused.value.response.body) == {
+            "error": "forbidden_origin",
+            "message": f"origin {origin!r} is not in allowed_origins",
+        }
+        rejections = sample(
+            gw, "wsgateway_connections_rejected_total", channel="ticker", reason="forbidden_origin"
+        )
+        assert rejections == 1
+        await bystander_still_served(gw, bystander)
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["HTTPS://APP.EXAMPLE.COM", "https://NY.Desk.Example.com", "https://a.b.desk.example.com"],
+)
+async def test_allowed_origins_match_without_regard_to_case_and_at_any_depth(
+    start_gateway: StartGateway, origin: str
+) -> None:
+    gw = await start_gateway(Settings(allowed_origins=ALLOWED_ORIGINS))
+    async with websockets.connect(gw.ws_url("ticker"), origin=Origin(origin)) as ws:
+        assert await request(ws, {"type": "ping", "id": 1}) == {
+            "type": "pong",
+            "id": 1,
+            "ts": pytest.approx(time.time(), abs=60),
+        }
 
 
 async def test_unknown_channel_is_404_json(gw: RunningGateway) -> None:

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections import deque
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from wsgateway import channel as channel_module
 from wsgateway import protocol
 from wsgateway.admission import MAX_HANDSHAKE_RETRY
 from wsgateway.brokers.base import Update
-from wsgateway.channel import HOLD_BYTES, HOLD_RETRY_SECONDS
+from wsgateway.channel import HOLD_BYTES, HOLD_RETRY_SECONDS, REJECTION_LOG_INTERVAL
 from wsgateway.errors import (
     ChannelFull,
     ConnectionRateLimited,
@@ -33,6 +36,7 @@ from wsgateway.errors import (
 from wsgateway.metrics import ChannelState
 from wsgateway.transports import direct_fd
 
+from .conftest import until
 from .fakes import (
     EPOCH,
     IDLE_FOOTPRINT,
@@ -708,6 +712,7 @@ def test_max_connections_counts_open_and_reserved_connections() -> None:
     with pytest.raises(ChannelFull) as caught:
         h.channel.admit("10.0.0.4")
     assert caught.value.status == 503
+    assert caught.value.message == "channel 'ticker' is at max_connections (3)"
     assert rejected(h, "capacity") == 1
 
     h.channel.release("10.0.0.3")
@@ -729,6 +734,7 @@ def test_max_connections_per_ip() -> None:
     with pytest.raises(TooManyConnectionsFromAddress) as caught:
         h.channel.admit("10.0.0.1")
     assert caught.value.status == 429
+    assert caught.value.message == "at most 2 connections per address"
     h.open("10.0.0.2")  # another address is not affected
     assert rejected(h, "ip_limit") == 1
 
@@ -753,6 +759,7 @@ def test_connections_per_minute_is_a_sliding_window_per_address_with_retry_after
         h.channel.admit("10.0.0.1")
     assert caught.value.retry_after == 30  # the first admission leaves the window at t0 + 60
     assert caught.value.status == 429
+    assert caught.value.message == "at most 2 connections per minute per address"
     h.channel.admit("10.0.0.2")  # another address has a window of its own
 
     h.clock.set(t0 + 59.5)
@@ -795,6 +802,7 @@ def test_draining_refuses_every_new_connection() -> None:
     with pytest.raises(Draining) as caught:
         h.channel.admit("10.0.0.1")
     assert caught.value.status == 503
+    assert caught.value.message == "the gateway is draining; reconnect to another node"
     with pytest.raises(Draining):
         h.channel.admit("10.0.0.2")
 
@@ -892,6 +900,7 @@ async def test_max_topics_holds_across_calls_and_a_refusal_changes_nothing() -> 
     with pytest.raises(TooManyTopics) as caught:
         h.channel.subscribe(client.conn, ["SOL-USD", "ADA-USD"])
     assert caught.value.code == "too_many_topics"
+    assert caught.value.message == "at most 3 topics per connection"
     assert client.conn.topics == {"BTC-USD", "ETH-USD"}
     assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 0)
     assert h.channel.broadcast(make_update("SOL-USD", 1)) == 0
@@ -933,6 +942,9 @@ async def test_private_channel_allows_only_the_users_own_topic() -> None:
         with pytest.raises(ForbiddenTopic) as caught:
             h.channel.subscribe(alice.conn, topics)
         assert caught.value.code == "forbidden_topic"
+        assert caught.value.message == (
+            "on the user channel you may subscribe only to your own user id"
+        )
     for topics in (["*"], ["alice"]):
         with pytest.raises(ForbiddenTopic):
             h.channel.subscribe(anonymous.conn, topics)
@@ -1268,3 +1280,374 @@ async def test_direct_fd_only_for_plain_tcp_transports() -> None:
         transport.close()
         server.close()
         await server.wait_closed()
+
+
+# -- order cannot hide a skipped connection ------------------------------------------------------
+#
+# The fan-out walks sets of connections, in an order that depends on their addresses. A test
+# with two connections catches a loop that stops at the odd one (`continue` turned `break`)
+# only when the odd one happens to come first. These tests read the order the channel will
+# walk and put the odd connection first, in the middle and last of five.
+
+POSITIONS = {"first": 0, "middle": 2, "last": 4}
+
+
+def fanout_order(h: Harness, topic: str) -> list[Client]:
+    """The clients subscribed to ``topic`` in the order broadcast (and so the flush) visits
+    them."""
+    by_conn = {client.conn: client for client in h.clients}
+    return [by_conn[conn] for conn in h.channel._topics[topic]]
+
+
+def count_retries(h: Harness) -> list[float]:
+    """Record each run of the hold retry (the loop time it ran at)."""
+    runs: list[float] = []
+    retry = h.channel._retry_held
+
+    def counted() -> None:
+        runs.append(asyncio.get_running_loop().time())
+        retry()
+
+    h.channel._retry_held = counted  # type: ignore[method-assign]
+    return runs
+
+
+ODD_KINDS = ["slow", "held", "failing", "closing", "closed_since_queued", "direct"]
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("kind", ODD_KINDS)
+async def test_the_others_get_every_frame_wherever_the_odd_connection_is(
+    kind: str, position: str, socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    ours, peer = socket_pair
+    limit = 4 * HOLD_BYTES
+    h = make_channel(max_outbox_bytes=limit)
+    for i in range(5):
+        h.channel.subscribe(h.open(f"10.0.0.{i}").conn, ["BTC-USD"])
+    odd = fanout_order(h, "BTC-USD")[POSITIONS[position]]
+    others = [client for client in h.clients if client is not odd]
+    if kind == "direct":  # its frames go straight to a socket and skip the transport
+        odd.conn.fd = ours.fileno()
+
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    # What the flush of update 1 leaves in the transport (the kernel stopped taking bytes).
+    if kind == "slow":
+        odd.transport.buffer_size = limit  # the next frame does not fit
+    elif kind == "held":
+        odd.transport.buffer_size = HOLD_BYTES + 1  # no new write until it drains
+    await next_turn()
+    if kind == "failing":
+        odd.transport.write_error = ConnectionResetError("peer reset")
+    elif kind == "closing":
+        odd.transport.closing = True
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    h.channel.broadcast(make_update("BTC-USD", 3))
+    if kind == "closed_since_queued":  # its queue is written at once: the flush finds it empty
+        h.channel.close(odd.conn, 1000, "bye", "client_closed")
+    await next_turn()
+
+    for client in others:
+        assert seqs(client) == [1, 2, 3]
+        assert len(client.transport.writes) == 2
+    if kind == "slow":
+        assert odd.closer.codes == [1013]
+    elif kind == "held":
+        assert (len(odd.conn.outbox), h.channel.footprint()["held"]) == (2, 1)
+    elif kind == "failing":
+        assert odd.closer.codes == [1011]
+    elif kind == "closing":
+        assert h.value(FAILED, reason="connection_lost") == 2
+    elif kind == "closed_since_queued":
+        assert (odd.closer.codes, seqs(odd)) == ([1000], [1, 2, 3])
+    else:
+        wire = read_available(peer, len(others[0].transport.data) - len(odd.transport.data))
+        assert [m["seq"] for m in decode_frames(odd.transport.data + wire)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["closing", "failing", "direct"])
+async def test_counts_add_up_over_several_connections_of_one_kind(kind: str) -> None:
+    h = make_channel()
+    pairs = [socket.socketpair() for _ in range(3)]
+    with contextlib.ExitStack() as stack:
+        for i, (ours, peer) in enumerate(pairs):
+            stack.enter_context(ours)
+            stack.enter_context(peer)
+            ours.setblocking(False)
+            peer.settimeout(5)
+            client = h.open(f"10.0.0.{i}", fd=ours.fileno() if kind == "direct" else -1)
+            client.transport.closing = kind == "closing"
+            if kind == "failing":
+                client.transport.write_error = BrokenPipeError()
+            h.channel.subscribe(client.conn, ["BTC-USD"])
+        burst = [make_update("BTC-USD", seq) for seq in (1, 2)]
+        for update in burst:
+            h.channel.broadcast(update)
+        await next_turn()
+
+        if kind == "direct":
+            assert (h.value(SENT), h.value(FAILED, reason="connection_lost")) == (6, 0)
+            size = sum(map(frame_size, burst))
+            for _, peer in pairs:
+                assert [m["seq"] for m in decode_frames(read_available(peer, size))] == [1, 2]
+        else:
+            assert (h.value(SENT), h.value(FAILED, reason="connection_lost")) == (0, 6)
+
+
+async def test_a_lag_that_outlasts_several_retries_is_delivered_when_each_client_drains() -> None:
+    h = make_channel()
+    for i in range(5):
+        h.channel.subscribe(h.open(f"10.0.0.{i}").conn, ["BTC-USD"])
+    order = fanout_order(h, "BTC-USD")
+    lagging = [order[0], order[2], order[4]]  # first, middle and last of the walk
+    retries = count_retries(h)
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    for client in lagging:
+        client.transport.buffer_size = HOLD_BYTES + 1
+    await next_turn()
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    h.channel.broadcast(make_update("BTC-USD", 3))
+    await next_turn()
+    assert h.channel.footprint()["held"] == 3
+
+    # Each lagging client drains after a different number of retries; until then every
+    # retry finds it still full and keeps its frames.
+    for drained, client in enumerate(lagging, start=1):
+        runs = len(retries)
+        await until(lambda runs=runs: len(retries) >= runs + 2)  # two more: still held
+        assert seqs(client) == [1]
+        client.transport.buffer_size = 0
+        await until(lambda client=client: seqs(client) == [1, 2, 3])
+        assert h.channel.footprint()["held"] == 3 - drained
+    for client in order:
+        assert seqs(client) == [1, 2, 3]
+        assert len(client.transport.writes) == 2
+    assert h.value(SENT) == 15
+    assert h.channel._retry_handle is None  # nothing held: no retry keeps running
+    assert len(retries) >= 6
+
+
+async def test_a_transport_drained_to_hold_bytes_gets_writes_and_no_retry() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    client.transport.buffer_size = HOLD_BYTES + 1
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+    # Drained since, to the most a transport may hold and still get writes: no hold.
+    client.transport.buffer_size = HOLD_BYTES
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    await next_turn()
+
+    assert seqs(client) == [1, 2]
+    assert len(client.transport.writes) == 2
+    assert h.channel.footprint()["held"] == 0
+    assert h.channel._retry_handle is None
+
+
+async def test_removing_a_held_connection_leaves_nothing_behind() -> None:
+    h = make_channel()
+    held, other = h.open("10.0.0.1"), h.open("10.0.0.2")
+    for client in (held, other):
+        h.channel.subscribe(client.conn, ["BTC-USD", "*"])
+    retries = count_retries(h)
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    held.transport.buffer_size = HOLD_BYTES + 1
+    await next_turn()
+    h.channel.broadcast(make_update("BTC-USD", 2))
+    h.channel.broadcast(make_update("ETH-USD", 1))
+    await next_turn()
+    assert h.channel.footprint()["held"] == 1
+
+    h.channel.remove(held.conn, "shutdown")
+    h.channel.remove(other.conn, "client_closed")
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+    assert (held.conn.outbox, held.conn.outbox_bytes) == ([], 0)
+    assert held.conn.closing
+    assert h.value(FAILED, reason="shutdown") == 2  # what it never got, lost to the shutdown
+    assert h.value(FAILED, reason="connection_lost") == 0
+    assert h.value(DISCONNECTS, reason="shutdown") == 1
+
+    held.transport.buffer_size = 0
+    await until(lambda: len(retries) >= 1)  # the retry already scheduled finds nothing
+    assert len(held.transport.writes) == 1
+    assert h.channel._retry_handle is None
+    assert h.channel.footprint() == IDLE_FOOTPRINT
+
+
+async def test_subscribe_all_then_unsubscribe_all_then_a_topic_gets_only_that_topic() -> None:
+    h = make_channel()
+    client, bystander = h.open("10.0.0.1"), h.open("10.0.0.2")
+    h.channel.subscribe(bystander.conn, ["ETH-USD"])
+    assert h.channel.subscribe(client.conn, ["*"]) == ("*",)
+    assert h.channel.unsubscribe(client.conn, ["*"]) == ("*",)
+    assert client.conn.all_topics is False
+    assert client.conn.topics == set()
+    assert h.channel.footprint() == {
+        **IDLE_FOOTPRINT,
+        "connections": 2,
+        "addresses": 2,
+        "topics": 1,
+    }
+
+    assert h.channel.subscribe(client.conn, ["BTC-USD"]) == ("BTC-USD",)
+    assert h.channel.broadcast(make_update("BTC-USD", 1)) == 1
+    assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1  # the bystander's
+    assert h.channel.broadcast(make_update("SOL-USD", 1)) == 0
+    await next_turn()
+    assert updates(client) == [("BTC-USD", 1)]
+    assert updates(bystander) == [("ETH-USD", 1)]
+
+    # And back: "*" again, then dropping both, leaves the client with nothing.
+    h.channel.subscribe(client.conn, ["*"])
+    assert h.channel.broadcast(make_update("SOL-USD", 2)) == 1
+    h.channel.unsubscribe(client.conn, ["*", "BTC-USD"])
+    assert h.channel.broadcast(make_update("BTC-USD", 2)) == 0
+    await next_turn()
+    assert updates(client) == [("BTC-USD", 1), ("SOL-USD", 2)]
+    assert h.channel.state() == ChannelState("ticker", 2, 1, 1, 0)
+
+
+def test_rejections_are_logged_once_per_reason_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = make_channel()
+    caplog.set_level(logging.WARNING, logger="wsgateway.channel")
+    full = ChannelFull("channel 'ticker' is at max_connections (1)")
+    crowded = TooManyConnectionsFromAddress("at most 1 connections per address")
+
+    def lines() -> list[str]:
+        return [record.getMessage() for record in caplog.records]
+
+    h.channel.reject(full)
+    for _ in range(3):
+        h.clock.advance(1.0)
+        h.channel.reject(full)
+    h.channel.reject(crowded)  # another reason has its own interval
+    assert lines() == [
+        "rejected connection on ticker: capacity: channel 'ticker' is at max_connections (1)",
+        "rejected connection on ticker: ip_limit: at most 1 connections per address",
+    ]
+
+    h.clock.advance(REJECTION_LOG_INTERVAL - 3.0)  # the interval since the first line is over
+    h.channel.reject(full)
+    h.channel.reject(crowded)  # not yet for this one
+    assert lines()[2:] == [
+        "rejected connection on ticker: capacity: channel 'ticker' is at max_connections (1)"
+        " (3 more since the last line)"
+    ]
+    assert rejected(h, "capacity") == 5  # the metric counts every one
+    assert rejected(h, "ip_limit") == 2
+
+
+async def test_close_frees_the_outbox_and_logs_a_failed_final_write(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = make_channel()
+    written, broken = h.open("10.0.0.1"), h.open("10.0.0.2")
+    for client in (written, broken):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    broken.transport.write_error = ConnectionResetError("peer reset")
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    caplog.set_level(logging.DEBUG, logger="wsgateway.channel")
+
+    h.channel.close(written.conn, 1000, "bye", "client_closed")
+    h.channel.close(broken.conn, 1000, "bye", "client_closed")
+
+    for client in (written, broken):
+        assert (client.conn.outbox, client.conn.outbox_bytes) == ([], 0)
+        assert client.closer.calls == [(1000, "bye")]
+    assert seqs(written) == [1]
+    [record] = caplog.records
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage() == "final write to a client of ticker failed"
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ConnectionResetError)
+    assert h.value(ERRORS, type="send_failed") == 1
+
+
+async def test_a_failed_flush_write_is_logged_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    client.transport.write_error = ConnectionResetError("peer reset")
+    caplog.set_level(logging.DEBUG, logger="wsgateway.channel")
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+
+    [record] = caplog.records
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage() == "write to a client of ticker failed"
+    assert record.exc_info is not None and isinstance(record.exc_info[1], ConnectionResetError)
+
+
+async def test_a_slow_consumer_keeps_no_queued_bytes() -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open(transport=FakeTransport(buffer_size=1000))
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+    h.channel.broadcast(make_update("BTC-USD", 2))
+
+    assert client.closer.codes == [1013]
+    assert (client.conn.outbox, client.conn.outbox_bytes) == ([], 0)
+    assert client.conn.pending_bytes() == 1000  # only what the transport still holds
+
+
+async def test_a_frame_that_fills_the_outbox_exactly_is_queued_after_a_stale_backlog() -> None:
+    limit, size = 1024, 200
+    h = make_channel(max_outbox_bytes=limit)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    client.transport.buffer_size = 1000
+    h.channel.broadcast(update_of_size(size, seq=1))
+    await next_turn()  # the cached backlog says 1000: the next frame looks too much
+    client.transport.buffer_size = limit - size  # but the real buffer leaves exactly room
+
+    assert h.channel.broadcast(update_of_size(size, seq=2)) == 1
+    assert client.conn.pending_bytes() == limit
+    await next_turn()
+    assert client.closer.calls == []
+    assert seqs(client) == [1, 2]
+
+
+def test_a_connection_gets_the_channels_message_rate() -> None:
+    h = make_channel(messages_per_second=3)
+    client = h.open()
+    bucket = client.conn.bucket
+    assert [bucket.try_take(h.clock()) for _ in range(4)] == [True, True, True, False]
+    h.clock.advance(0.5)  # 1.5 tokens at 3 per second
+    assert bucket.try_take(h.clock()) is True
+    assert bucket.try_take(h.clock()) is False
+
+
+async def test_delivery_latency_is_observed_once_per_update_at_the_flush() -> None:
+    h = make_channel()
+    clients = [h.open(f"10.0.0.{i}") for i in range(3)]
+    for client in clients:
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.clock.advance(0.25)  # the wall clock when the flush writes
+    h.channel.broadcast(make_update("BTC-USD", 1, ts=EPOCH))
+    h.channel.broadcast(make_update("BTC-USD", 2, ts=EPOCH + 0.125))
+    h.channel.broadcast(make_update("BTC-USD", 3, ts=EPOCH + 5.0))  # a publisher's clock ahead
+    h.channel.broadcast(make_update("ETH-USD", 1, ts=EPOCH))  # nobody gets it: not observed
+    await next_turn()
+
+    assert h.value("wsgateway_delivery_latency_seconds_count") == 3
+    assert h.value("wsgateway_delivery_latency_seconds_sum") == 0.25 + 0.125 + 0.0
+    await next_turn()
+    assert h.value("wsgateway_delivery_latency_seconds_count") == 3
+
+
+async def test_broadcast_duration_is_the_time_one_broadcast_took(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ticks = iter([100.0, 100.5, 200.0, 200.25])
+    monkeypatch.setattr(channel_module, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    h = make_channel()
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.broadcast(make_update("BTC-USD", 2))
+
+    assert h.value("wsgateway_broadcast_duration_seconds_count") == 2
+    assert h.value("wsgateway_broadcast_duration_seconds_sum") == 0.75

@@ -260,6 +260,7 @@ async def test_expired_token_closes_with_1008(start_gateway: StartGateway) -> No
     assert sample(gw, "wsgateway_disconnects_total", channel="user", reason="token_expired") == 1
 
 
+@pytest.mark.attack
 async def test_origin_not_allowed_answers_403(
     start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
 ) -> None:

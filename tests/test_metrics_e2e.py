@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import aiohttp
+import jwt
 import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +25,7 @@ from wsgateway.settings import LIMIT_NAMES
 from .conftest import RunningGateway, StartGateway, recv_json, request, until
 
 pytestmark = pytest.mark.e2e
+JWT_SECRET = "a-test-secret-of-at-least-32-bytes-long"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -162,6 +164,7 @@ async def test_every_channel_is_present_before_any_connection(
     assert value(samples, "wsgateway_connections_active", channel="beta") == 0
 
 
+@pytest.mark.attack
 async def test_labels_come_only_from_closed_sets(gw: RunningGateway) -> None:
     """No topic, user, address or connection id may ever become a label value."""
     await drive_traffic(gw)
@@ -182,6 +185,53 @@ async def test_labels_come_only_from_closed_sets(gw: RunningGateway) -> None:
             if label != "le":
                 assert label_value in allowed[label], (name, label, label_value)
             assert "BTC" not in label_value and "127.0.0.1" not in label_value
+
+
+def series(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    return {key for key in parse(text) if key[0].startswith("wsgateway_")}
+
+
+@pytest.mark.attack
+async def test_no_series_grows_with_topics_users_addresses_or_bad_input(
+    start_gateway: StartGateway,
+) -> None:
+    """A client chooses topics, user ids (its token), addresses, paths and frames: none of
+    them may add a time series, or a scraper's memory grows with an attacker's creativity."""
+    gw = await start_gateway(Settings(jwt_secret=JWT_SECRET))
+    before = series((await scrape(gw))[1])
+    for i in range(8):  # eight source addresses, topics, users, unknown channels, bad frames
+        address = f"127.0.0.{i + 2}"
+        token = jwt.encode({"sub": f"user-{i}"}, JWT_SECRET, algorithm="HS256")
+        async with (
+            websockets.connect(gw.ws_url("ticker"), local_addr=(address, 0)) as ticker,
+            websockets.connect(
+                gw.ws_url("user", f"?token={token}"), local_addr=(address, 0)
+            ) as user,
+        ):
+            topics = [f"TOPIC-{i}-{n}" for n in range(5)]
+            assert (await request(ticker, {"type": "subscribe", "topics": topics}))["type"] == (
+                "subscribed"
+            )
+            await request(user, {"type": "subscribe", "topics": [f"user-{i}"]})
+            for bad in ({"type": f"kind-{i}"}, {"type": "subscribe", "topics": [f"bad topic {i}"]}):
+                assert (await request(ticker, bad))["type"] == "error"
+            await gw.publish("ticker", topics[0], {"i": i})
+            await gw.publish("user", f"user-{i}", {"i": i})
+            await recv_json(ticker)
+            await recv_json(user)
+        with pytest.raises(InvalidStatus):
+            async with websockets.connect(gw.ws_url(f"channel-{i}")):
+                pass
+        with pytest.raises(InvalidStatus):
+            async with websockets.connect(gw.ws_url("user", f"?token=forged.{i}.token")):
+                pass
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{gw.http}/no/such/path/{i}") as response:
+                assert response.status == 404
+            async with session.post(f"{gw.http}/api/publish", data=f"not json {i}") as response:
+                assert response.status == 400
+    after = series((await scrape(gw))[1])
+    assert after == before, sorted(after ^ before)
 
 
 async def test_openmetrics_is_negotiated(gw: RunningGateway) -> None:

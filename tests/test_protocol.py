@@ -237,6 +237,14 @@ BAD_FRAMES = [
         id="long-type-not-echoed",
     ),
     pytest.param(
+        json.dumps({"type": "x" * 32}),
+        UnknownType,
+        "unknown_type",
+        f"unknown type '{'x' * 32}'; {TYPE_RULE}",
+        None,
+        id="type-of-32-characters-echoed-whole",
+    ),
+    pytest.param(
         '{"type": 1, "id": 6}',
         UnknownType,
         "unknown_type",

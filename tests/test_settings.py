@@ -1003,3 +1003,151 @@ def test_close_timeout_refuses_values_outside_0_1_to_60_seconds(value: str) -> N
     error = settings_error(env={"WSGATEWAY_CLOSE_TIMEOUT": value})
     assert error.setting == "close_timeout"
     assert str(error) == f"bad setting close_timeout={value!r}: expected a number from 0.1 to 60"
+
+
+# -- an environment holds more than our variables -------------------------------------------------
+
+MIXED_ENV = [
+    ("PATH", "/usr/local/bin:/usr/bin"),
+    ("WSGATEWAY_PORT", "9001"),
+    ("HOME", "/root"),
+    ("WSGATEWAY_CONFIG", "/etc/wsgateway.toml"),  # the CLI's to read, skipped here
+    ("wsgateway_port", "1"),  # names are case-sensitive: not ours
+    ("MY_WSGATEWAY_PORT", "2"),  # the prefix must start the name
+    ("WSGATEWAYPORT", "3"),
+    ("WSGATEWAY_MAX_TOPICS", "7"),
+    ("LANG", "C.UTF-8"),
+    ("WSGATEWAY_HOST", "0.0.0.0"),
+    ("TERM", "xterm"),
+]
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["as_listed", "reversed", "sorted", "ours_last"],
+)
+def test_env_mixing_other_variables_reads_every_wsgateway_one(order: str) -> None:
+    items = {
+        "as_listed": MIXED_ENV,
+        "reversed": MIXED_ENV[::-1],
+        "sorted": sorted(MIXED_ENV),
+        "ours_last": sorted(MIXED_ENV, key=lambda item: item[0].startswith("WSGATEWAY_")),
+    }[order]
+    settings = load_settings(env=dict(items))
+    assert (settings.port, settings.host, settings.defaults.max_topics) == (9001, "0.0.0.0", 7)
+    assert dataclasses.replace(settings, port=8080, host="127.0.0.1") == dataclasses.replace(
+        Settings(), defaults=dataclasses.replace(Limits(), max_topics=7)
+    )
+
+
+def test_env_with_only_other_variables_gives_defaults() -> None:
+    others = {name: value for name, value in MIXED_ENV if not name.startswith("WSGATEWAY_")}
+    assert len(others) == 7
+    assert load_settings(env=others) == Settings()
+
+
+# -- every refusal names the setting, the value and what is allowed, exactly ----------------------
+
+CONFIGURED = "market, ticker, orderbook, trades, user"
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [
+        pytest.param(
+            {"flags": {"nope": 1}},
+            "bad setting nope=1: not a setting that can be given as a flag",
+            id="unknown-flag",
+        ),
+        pytest.param(
+            {"env": {"WSGATEWAY_NOPE": "1"}},
+            "bad setting WSGATEWAY_NOPE='1': unknown WSGATEWAY_* variable",
+            id="unknown-env",
+        ),
+        pytest.param(
+            {"toml": "defaults = 5\n"},
+            "bad setting defaults=5: expected a table of limits",
+            id="defaults-not-a-table",
+        ),
+        pytest.param(
+            {"env": {"WSGATEWAY_BROKER": ""}},
+            "bad setting broker='': expected a non-empty string",
+            id="empty-broker",
+        ),
+        pytest.param(
+            {"env": {"WSGATEWAY_BROKER": "redis://localhost"}},
+            "bad setting broker='redis://localhost': "
+            "allowed: memory:// (redis:// is not built yet)",
+            id="redis-broker",
+        ),
+        pytest.param(
+            {"env": {"WSGATEWAY_LOG_LEVEL": ""}},
+            "bad setting log_level='': expected a non-empty string",
+            id="empty-log-level",
+        ),
+        pytest.param(
+            {"toml": "[channel.nope]\nmax_topics = 3\n"},
+            "bad setting channel.nope={'max_topics': 3}: not a configured channel; configured: "
+            + CONFIGURED,
+            id="limits-for-an-unknown-channel",
+        ),
+        pytest.param(
+            {"toml": "channels = []\n"},
+            "bad setting channels=[]: expected a non-empty list of channel names",
+            id="no-channels",
+        ),
+        pytest.param(
+            {"env": {"WSGATEWAY_CHANNELS": "ticker,Bad Name"}},
+            "bad setting channels='Bad Name': channel names are 1-32 characters of a-z 0-9 _ - "
+            "starting with a letter",
+            id="bad-channel-name",
+        ),
+        pytest.param(
+            {"env": {"WSGATEWAY_CHANNELS": "ticker,ticker"}},
+            "bad setting channels='ticker,ticker': channel names must be unique",
+            id="duplicate-channels",
+        ),
+        pytest.param(
+            {"toml": "allowed_origins = 5\n"},
+            "bad setting allowed_origins=5: expected a list of origins",
+            id="origins-not-a-list",
+        ),
+        pytest.param(
+            {"env": {"WSGATEWAY_ALLOWED_ORIGINS": "https://app.example.com/path"}},
+            "bad setting allowed_origins='https://app.example.com/path': expected origins like "
+            "https://app.example.com, https://*.example.com:8443 or null (scheme, host and port "
+            "only, no path)",
+            id="origin-with-a-path",
+        ),
+    ],
+)
+def test_refusals_say_exactly_what_is_allowed(
+    tmp_path: Path, layers: dict[str, Any], message: str
+) -> None:
+    if "toml" in layers:
+        layers = {"config_file": write_toml(tmp_path, layers["toml"])}
+    assert str(settings_error(**layers)) == message
+
+
+def test_a_memory_broker_url_is_kept_as_given() -> None:
+    assert load_settings(env={"WSGATEWAY_BROKER": "memory://gateway-1"}).broker == (
+        "memory://gateway-1"
+    )
+
+
+def test_empty_entries_between_origins_are_skipped() -> None:
+    settings = load_settings(
+        env={"WSGATEWAY_ALLOWED_ORIGINS": "https://a.example.com,, ,https://b.example.com,"}
+    )
+    assert settings.allowed_origins == ("https://a.example.com", "https://b.example.com")
+
+
+def test_repr_shows_every_setting_with_secrets_masked() -> None:
+    settings = Settings(publish_token=PUBLISH_TOKEN, jwt_secret=JWT_SECRET)
+    shown = repr(settings)
+    assert shown.startswith(
+        "Settings(host='127.0.0.1', port=8080, broker='memory://', publish_token='***', "
+        "jwt_secret='***', channels=('market', 'ticker', 'orderbook', 'trades', 'user'), "
+    )
+    assert shown.endswith(", overrides={}, demo=False, log_level='INFO')")
+    assert PUBLISH_TOKEN not in shown and JWT_SECRET not in shown
