@@ -1333,7 +1333,7 @@ async def test_the_others_get_every_frame_wherever_the_odd_connection_is(
     h.channel.broadcast(make_update("BTC-USD", 1))
     # What the flush of update 1 leaves in the transport (the kernel stopped taking bytes).
     if kind == "slow":
-        odd.transport.buffer_size = limit  # the next frame does not fit
+        odd.transport.buffer_size = 2 * limit  # at the hard cap: the next frame cuts it
     elif kind == "held":
         odd.transport.buffer_size = HOLD_BYTES + 1  # no new write until it drains
     await next_turn()
@@ -1525,15 +1525,15 @@ def test_rejections_are_logged_once_per_reason_per_interval(
         h.channel.reject(full)
     h.channel.reject(crowded)  # another reason has its own interval
     assert lines() == [
-        "rejected connection on ticker: capacity: channel 'ticker' is at max_connections (1)",
-        "rejected connection on ticker: ip_limit: at most 1 connections per address",
+        "rejected connection on ticker from an unknown address: capacity: channel 'ticker' is at max_connections (1)",
+        "rejected connection on ticker from an unknown address: ip_limit: at most 1 connections per address",
     ]
 
     h.clock.advance(REJECTION_LOG_INTERVAL - 3.0)  # the interval since the first line is over
     h.channel.reject(full)
     h.channel.reject(crowded)  # not yet for this one
     assert lines()[2:] == [
-        "rejected connection on ticker: capacity: channel 'ticker' is at max_connections (1)"
+        "rejected connection on ticker from an unknown address: capacity: channel 'ticker' is at max_connections (1)"
         " (3 more since the last line)"
     ]
     assert rejected(h, "capacity") == 5  # the metric counts every one
@@ -1584,7 +1584,8 @@ async def test_a_failed_flush_write_is_logged_with_its_traceback(
 
 async def test_a_slow_consumer_keeps_no_queued_bytes() -> None:
     h = make_channel(max_outbox_bytes=1024)
-    client = h.open(transport=FakeTransport(buffer_size=1000))
+    # 2,000 bytes the kernel will not take: one more frame passes the hard cap (2 x 1024).
+    client = h.open(transport=FakeTransport(buffer_size=2000))
     h.channel.subscribe(client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
@@ -1592,7 +1593,7 @@ async def test_a_slow_consumer_keeps_no_queued_bytes() -> None:
 
     assert client.closer.codes == [1013]
     assert (client.conn.outbox, client.conn.outbox_bytes) == ([], 0)
-    assert client.conn.pending_bytes() == 1000  # only what the transport still holds
+    assert client.conn.pending_bytes() == 2000  # only what the transport still holds
 
 
 async def test_a_frame_that_fills_the_outbox_exactly_is_queued_after_a_stale_backlog() -> None:

@@ -228,7 +228,11 @@ async def test_no_series_grows_with_topics_users_addresses_or_bad_input(
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{gw.http}/no/such/path/{i}") as response:
                 assert response.status == 404
-            async with session.post(f"{gw.http}/api/publish", data=f"not json {i}") as response:
+            async with session.post(
+                f"{gw.http}/api/publish",
+                data=f"not json {i}",
+                headers={"Content-Type": "application/json"},
+            ) as response:
                 assert response.status == 400
     after = series((await scrape(gw))[1])
     assert after == before, sorted(after ^ before)

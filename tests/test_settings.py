@@ -1149,5 +1149,8 @@ def test_repr_shows_every_setting_with_secrets_masked() -> None:
         "Settings(host='127.0.0.1', port=8080, broker='memory://', publish_token='***', "
         "jwt_secret='***', channels=('market', 'ticker', 'orderbook', 'trades', 'user'), "
     )
-    assert shown.endswith(", overrides={}, demo=False, log_level='INFO')")
+    assert shown.endswith(
+        ", overrides={}, demo=False, log_level='INFO', header_timeout=10.0, "
+        "max_pending_per_ip=256, metrics_host=None, metrics_port=None, close_timeout=5.0)"
+    )
     assert PUBLISH_TOKEN not in shown and JWT_SECRET not in shown
