@@ -1508,6 +1508,9 @@ async def test_subscribe_all_then_unsubscribe_all_then_a_topic_gets_only_that_to
     assert h.channel.state() == ChannelState("ticker", 2, 1, 1, 0)
 
 
+PREFIX = "rejected connection on ticker from an unknown address: "
+
+
 def test_rejections_are_logged_once_per_reason_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -1525,15 +1528,15 @@ def test_rejections_are_logged_once_per_reason_per_interval(
         h.channel.reject(full)
     h.channel.reject(crowded)  # another reason has its own interval
     assert lines() == [
-        "rejected connection on ticker from an unknown address: capacity: channel 'ticker' is at max_connections (1)",
-        "rejected connection on ticker from an unknown address: ip_limit: at most 1 connections per address",
+        f"{PREFIX}capacity: channel 'ticker' is at max_connections (1)",
+        f"{PREFIX}ip_limit: at most 1 connections per address",
     ]
 
     h.clock.advance(REJECTION_LOG_INTERVAL - 3.0)  # the interval since the first line is over
     h.channel.reject(full)
     h.channel.reject(crowded)  # not yet for this one
     assert lines()[2:] == [
-        "rejected connection on ticker from an unknown address: capacity: channel 'ticker' is at max_connections (1)"
+        f"{PREFIX}capacity: channel 'ticker' is at max_connections (1)"
         " (3 more since the last line)"
     ]
     assert rejected(h, "capacity") == 5  # the metric counts every one
