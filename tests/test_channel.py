@@ -1536,8 +1536,7 @@ def test_rejections_are_logged_once_per_reason_per_interval(
     h.channel.reject(full)
     h.channel.reject(crowded)  # not yet for this one
     assert lines()[2:] == [
-        f"{PREFIX}capacity: channel 'ticker' is at max_connections (1)"
-        " (3 more since the last line)"
+        f"{PREFIX}capacity: channel 'ticker' is at max_connections (1) (3 more since the last line)"
     ]
     assert rejected(h, "capacity") == 5  # the metric counts every one
     assert rejected(h, "ip_limit") == 2
