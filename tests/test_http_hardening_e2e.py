@@ -288,6 +288,7 @@ async def test_huge_exp_is_served_not_a_500(start_gateway: StartGateway, exp: st
         assert (await recv_json(alice))["data"] == {"n": 1}
 
 
+@pytest.mark.attack
 async def test_audience_issuer_and_max_lifetime_settings_reach_the_handshake(
     start_gateway: StartGateway,
 ) -> None:

@@ -17,7 +17,8 @@ from wsgateway import Settings
 
 from .conftest import RunningGateway, StartGateway, recv_json, request, until, wait_closed
 
-pytestmark = pytest.mark.e2e
+# Every limit is a defence against an abusive client: all of them run under `pytest -m attack`.
+pytestmark = [pytest.mark.e2e, pytest.mark.attack]
 
 
 def sample(gw: RunningGateway, name: str, **labels: str) -> float:
@@ -260,7 +261,6 @@ async def test_expired_token_closes_with_1008(start_gateway: StartGateway) -> No
     assert sample(gw, "wsgateway_disconnects_total", channel="user", reason="token_expired") == 1
 
 
-@pytest.mark.attack
 async def test_origin_not_allowed_answers_403(
     start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
 ) -> None:

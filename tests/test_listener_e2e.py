@@ -15,6 +15,7 @@ import gc
 import json
 import socket
 import struct
+import time
 
 import aiohttp
 import psutil
@@ -27,6 +28,7 @@ from wsgateway.app import LISTENER, metrics_address
 from wsgateway.web import AccessLogger
 
 from .conftest import RunningGateway, StartGateway, recv_json, until
+from .test_http_hardening_e2e import BOMB_BYTES, bomb, raw_exchange
 
 pytestmark = pytest.mark.e2e
 
@@ -202,6 +204,32 @@ async def test_metrics_listener_serves_the_operator_routes(start_gateway: StartG
                 assert response.status == status, path
         async with session.get(internal + "/ws/ticker") as response:
             assert response.status == 404
+
+
+async def test_the_api_index_lists_only_the_routes_of_its_port(
+    start_gateway: StartGateway,
+) -> None:
+    gw = await start_gateway(Settings(metrics_port=0))
+    assert (await gw.get_json("/api"))["endpoints"] == ["/api/publish", "/healthz", "/readyz"]
+
+
+@pytest.mark.attack
+async def test_the_metrics_listener_never_inflates_a_body(start_gateway: StartGateway) -> None:
+    """Like the public port, the internal one must not inflate a deflate bomb (~1 s of loop
+    CPU for 0.5 MB) on a route that takes no body anyway."""
+    gw = await start_gateway(Settings(metrics_port=0))
+    address = metrics_address(gw.app)
+    assert address is not None
+    body = bomb(BOMB_BYTES)
+    head = (
+        "POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: deflate\r\n"
+        f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    cpu = time.process_time()  # server and attacker share this process
+    answers = await asyncio.gather(*(raw_exchange(address[1], head, body) for _ in range(2)))
+    spent = time.process_time() - cpu
+    assert [status for status, _ in answers] == [405, 405]
+    assert spent < 0.5, f"{spent:.2f} s of CPU for two compressed bodies"
 
 
 async def test_without_metrics_port_the_public_port_serves_metrics(gw: RunningGateway) -> None:

@@ -16,7 +16,7 @@ from .errors import ServerShutdown
 from .gateway import Gateway
 from .listener import Listener
 from .settings import Settings
-from .web import CLOSING, GATEWAY, MAX_PUBLISH_BODY, add_routes
+from .web import CLOSING, GATEWAY, HANDLER_ARGS, MAX_PUBLISH_BODY, add_routes
 
 log = logging.getLogger("wsgateway")
 LISTENER = web.AppKey("listener", Listener)
@@ -39,13 +39,7 @@ def create_app(
         broker or create_broker(settings.broker),
         registry if registry is not None else CollectorRegistry(),
     )
-    app = web.Application(
-        client_max_size=MAX_PUBLISH_BODY,
-        # aiohttp inflates a compressed body as it arrives, before any handler has checked
-        # a token, and drains the rest after the answer: 0.5 MB of deflate cost ~1.4 s of
-        # the loop. The publish handler refuses compressed bodies (415) instead.
-        handler_args={"auto_decompress": False},
-    )
+    app = web.Application(client_max_size=MAX_PUBLISH_BODY, handler_args=HANDLER_ARGS)
     app[GATEWAY] = gateway
     app[CLOSING] = set()
     # With a metrics listener, the status page and the metrics views leave the public port.

@@ -47,6 +47,7 @@ from .ratelimit import AddressCounter, LogThrottle
 from .settings import Settings
 from .web import (
     GATEWAY,
+    HANDLER_ARGS,
     AccessLogger,
     healthz,
     json_metrics,
@@ -216,7 +217,7 @@ class Listener:
 
     def create_metrics_app(self) -> web.Application:
         """The app the metrics listener serves: the operator's read-only routes."""
-        app = web.Application()
+        app = web.Application(handler_args=HANDLER_ARGS)
         app[GATEWAY] = self.gateway
         app.router.add_get("/", status_page)
         app.router.add_get("/metrics", prometheus_metrics)
