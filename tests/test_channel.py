@@ -1420,3 +1420,25 @@ async def test_direct_fd_only_for_plain_tcp_transports() -> None:
         transport.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_what_a_lagging_client_takes_straight_from_the_socket_counts_as_taken(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open(fd=ours.fileno())
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(update_of_size(256, seq=1))
+    await next_turn()
+    assert client.conn.taken_bytes() == 0  # not counted while it does not lag
+    for seq in range(2, 10):  # 8 x 256 bytes in one turn: it lags
+        h.channel.broadcast(update_of_size(256, seq=seq))
+    assert h.channel.lagging
+    await next_turn()
+
+    assert client.transport.writes == []  # all of it went straight to the socket
+    assert client.conn.taken_bytes() == 8 * 256  # which is what outbox.py measures
+    assert len(read_available(peer, 9 * 256)) == 9 * 256
+    await after_retry()
+    assert not h.channel.lagging

@@ -425,7 +425,8 @@ class Channel:
                 except OSError:  # full (EAGAIN) or a dead peer: the transport finds out
                     written = 0
                 if written == len(data):
-                    conn.written += written
+                    if conn.lagging_since is not None:
+                        conn.written += written
                     conn.backlog = 0
                     sent += count
                     continue
@@ -436,9 +437,10 @@ class Channel:
                 lost += count
                 self._fail(conn, "send_failed", 1011, "send failed")
                 continue
-            conn.written += len(data)
             conn.backlog = backlog = transport.get_write_buffer_size()
-            if backlog > limit and conn.lagging_since is None:
+            if conn.lagging_since is not None:
+                conn.written += len(data)  # counted only while it lags: what outbox.py measures
+            elif backlog > limit:
                 lagging.append(conn)  # the kernel refused more than the limit: it lags now
             sent += count
         if lagging:

@@ -82,8 +82,9 @@ class Connection:
         self.outbox_bytes = 0
         #: bytes the transport still held after the last flush (the kernel would not take them)
         self.backlog = 0
-        #: bytes handed to its transport (or its socket) so far: with what the transport
-        #: still holds, the bytes its kernel took (:meth:`taken_bytes`)
+        #: bytes handed to its transport (or its socket) while it lagged, a running total:
+        #: with what the transport still holds, the bytes its kernel took (:meth:`taken_bytes`;
+        #: not counted otherwise, to keep the flush's common path one check shorter)
         self.written = 0
         #: when its pending bytes passed max_outbox_bytes (None: not lagging); see outbox.py
         self.lagging_since: float | None = None
@@ -123,6 +124,7 @@ class Connection:
         return self.outbox_bytes + self.transport.get_write_buffer_size()
 
     def taken_bytes(self) -> int:
-        """Bytes the kernel has taken for this client so far (a running total): how fast it
-        drains, measured apart from what is added to its queue meanwhile (outbox.py)."""
+        """Bytes the kernel has taken for this client (a running total, meaningful as a
+        difference between two moments while it lags): how fast it drains, apart from what
+        is added to its queue meanwhile (outbox.py)."""
         return self.written - self.transport.get_write_buffer_size()
