@@ -252,15 +252,16 @@ async def test_a_legal_burst_reaches_200_fast_readers_and_still_cuts_a_stopped_o
                 "ONE": NARROW_COUNT,
             }
 
-        # The stopped reader was cut GRACE seconds after it passed max_outbox_bytes (plus
-        # the 5 ms retry, and slack for a loaded machine: a loop turn of 200 readers parsing
-        # a slice each can take a while).
+        # The stopped reader was cut at most GRACE seconds after it passed max_outbox_bytes
+        # (plus the 5 ms retry, and slack for a loaded machine: a loop turn of 200 readers
+        # parsing a slice each can take a while); sooner when the burst, which does not wait
+        # for a reader that takes nothing, took it to the hard cap first (outbox.py).
         await until(lambda: sample(gw, "wsgateway_slow_consumers_total") == 1, 10)
         assert stopped_conn.closing and stopped_conn not in channel.connections
         assert stopped_conn.lagging_since is not None
         cut_at = sample(gw, "wsgateway_last_error_timestamp_seconds", type="slow_consumer")
         lagged = cut_at - (stopped_conn.lagging_since + time.time() - time.monotonic())
-        assert GRACE - 0.01 <= lagged < GRACE + 3.0
+        assert 0 <= lagged < GRACE + 3.0
         assert sample(gw, "wsgateway_disconnects_total", reason="slow_consumer") == 1
         assert sample(gw, "wsgateway_slow_consumers_total") == 1
 

@@ -34,6 +34,7 @@ from wsgateway.errors import (
     TooManyTopics,
 )
 from wsgateway.metrics import ChannelState
+from wsgateway.outbox import SlowConsumerRule
 from wsgateway.transports import direct_fd
 
 from .conftest import until
@@ -101,6 +102,10 @@ def update_of_size(size: int, topic: str = "BTC-USD", seq: int = 1) -> Update:
         if frame_size(update) == size:
             return update
     raise AssertionError(f"no update frames to exactly {size} bytes")
+
+
+#: The size of make_update("BTC-USD", seq)'s frame for a one-digit seq.
+FRAME = frame_size(make_update("BTC-USD", 1))
 
 
 def rejected(h: Harness, reason: str) -> float | None:
@@ -603,7 +608,7 @@ async def test_a_reader_that_trickles_just_under_the_limit_still_lags_and_is_cut
     assert client.closer.calls == [(1013, "slow consumer")]
 
 
-async def test_pace_waits_no_longer_than_the_grace_of_a_stopped_reader() -> None:
+async def test_pace_waits_for_a_stopped_reader_one_check_only_and_it_is_still_cut() -> None:
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=3.0)
     fast = h.open("10.0.0.1")
     stopped = h.open("10.0.0.2", transport=FakeTransport(buffer_size=2000, stopped=True))
@@ -612,16 +617,163 @@ async def test_pace_waits_no_longer_than_the_grace_of_a_stopped_reader() -> None
     h.channel.broadcast(make_update("BTC-USD", 1))
     pacing = asyncio.create_task(h.channel.pace())
     await after_retry()
-    h.clock.advance(2.9)
     await after_retry()
-    assert not pacing.done()
+    assert not pacing.done()  # new to lagging: it has one check to show its rate
 
-    h.clock.advance(0.1)
+    h.clock.advance(HOLD_RETRY_SECONDS)  # it took nothing in that check
     await asyncio.wait_for(pacing, 5)
+    assert h.channel.lagging and not h.channel.waiting
+    assert stopped.closer.calls == []  # not waited for, but not cut before its grace
+
+    h.channel.broadcast(make_update("BTC-USD", 2))  # the feed goes on
+    await h.channel.pace()
+    assert seqs(fast) == [1, 2]
+    h.clock.advance(3.0)
+    await after_retry()
     assert stopped.closer.calls == [(1013, "slow consumer")]
     assert fast.closer.calls == []
-    assert seqs(fast) == [1]
     assert h.channel.footprint()["lagging"] == 0
+
+
+def drain(client: Client, taken: int) -> None:
+    """Its kernel takes ``taken`` more bytes of what the transport holds."""
+    client.transport.buffer_size -= taken
+
+
+async def test_pace_waits_for_a_reader_that_drains_fast_enough_until_it_catches_up() -> None:
+    # Lagging with 2048 pending, it owes 2048 - 512 = 1536 bytes within a grace of 2 s:
+    # 768 B/s, 3.84 bytes per 5 ms check. Taking 4 per check is on course.
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
+    client = h.open(transport=FakeTransport(buffer_size=2048 - FRAME, stopped=True))
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    for _ in range(5):
+        h.clock.advance(HOLD_RETRY_SECONDS)
+        drain(client, 4)
+        await after_retry()
+        assert not pacing.done()
+        assert h.channel.waiting
+    client.transport.buffer_size = 512  # it caught up
+    h.clock.advance(HOLD_RETRY_SECONDS)
+    await asyncio.wait_for(pacing, 5)
+    assert not h.channel.lagging
+    assert client.closer.calls == []
+    assert seqs(client) == [1]
+
+
+async def test_pace_does_not_wait_for_a_reader_that_trickles() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
+    client = h.open(transport=FakeTransport(buffer_size=2048 - FRAME, stopped=True))
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    await after_retry()
+    h.clock.advance(HOLD_RETRY_SECONDS)
+    drain(client, 3)  # 600 B/s where 768 B/s are owed
+    await asyncio.wait_for(pacing, 5)
+    assert h.channel.lagging and not h.channel.waiting
+    assert client.closer.calls == []
+
+
+async def test_a_reader_that_slows_down_is_no_longer_waited_for_then_again_if_it_speeds_up() -> (
+    None
+):
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
+    client = h.open(transport=FakeTransport(buffer_size=2048 - FRAME, stopped=True))
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+    assert h.channel.waiting
+    h.clock.advance(0.5)
+    drain(client, 1000)  # fast at first: 1000 bytes in 0.5 s
+    await after_retry()
+    assert h.channel.waiting
+    h.clock.advance(0.5)
+    drain(client, 10)  # then 10 bytes in 0.5 s: it would not make it in time
+    await after_retry()
+    assert h.channel.lagging and not h.channel.waiting
+    h.clock.advance(0.5)
+    drain(client, 500)  # fast again, and on course for the 0.5 s left: waited for again
+    await after_retry()
+    assert h.channel.waiting
+    assert client.closer.calls == []
+
+
+async def test_frames_added_while_a_reader_is_not_waited_for_do_not_hide_its_rate() -> None:
+    # The rate is what its kernel took, not the change in its pending bytes: the feed that
+    # went on meanwhile must not make a reader that drains well look too slow.
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
+    rule = SlowConsumerRule(1024, 2.0)
+    client = h.open(transport=FakeTransport(buffer_size=1500 - FRAME, stopped=True))
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+    h.clock.advance(0.5)
+    await after_retry()
+    assert not h.channel.waiting  # it took nothing
+    before = client.conn.pending_bytes()
+    for seq in range(2, 5):  # the feed goes on: 3 more frames
+        h.channel.broadcast(make_update("BTC-USD", seq))
+    await next_turn()
+    taken = (988 + 6 * FRAME) // 3 + 1  # on course by what it took, not by its net drain
+    drain(client, taken)
+    after = client.conn.pending_bytes()
+    assert not rule.on_course(after, before - after, 0.5, 1.0)
+    assert rule.on_course(after, taken, 0.5, 1.0)
+    h.clock.advance(0.5)
+    await after_retry()
+    assert h.channel.waiting
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])
+async def test_only_the_reader_on_course_holds_pace_wherever_the_stopped_ones_are(
+    position: int,
+) -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
+    clients = [
+        h.open(f"10.0.0.{n}", transport=FakeTransport(buffer_size=2048 - FRAME, stopped=True))
+        for n in range(3)
+    ]
+    draining = clients[position]
+    for client in clients:
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    pacing = asyncio.create_task(h.channel.pace())
+    for _ in range(3):
+        h.clock.advance(HOLD_RETRY_SECONDS)
+        drain(draining, 100)
+        await after_retry()
+        assert not pacing.done()
+    draining.transport.buffer_size = 0
+    h.clock.advance(HOLD_RETRY_SECONDS)
+    await asyncio.wait_for(pacing, 5)
+    assert h.channel.footprint()["lagging"] == 2  # the stopped ones still lag, unwaited
+    assert not h.channel.waiting
+    assert all(client.closer.calls == [] for client in clients)
+
+
+async def test_a_reader_not_waited_for_is_cut_at_the_hard_cap_before_its_grace() -> None:
+    h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=60.0)
+    fast = h.open("10.0.0.1")
+    stopped = h.open("10.0.0.2", transport=FakeTransport(buffer_size=1100, stopped=True))
+    for client in (fast, stopped):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    await next_turn()
+    h.clock.advance(HOLD_RETRY_SECONDS)
+    await after_retry()
+    assert h.channel.lagging and not h.channel.waiting
+    seq = 1
+    while not stopped.closer.calls:
+        seq += 1
+        assert seq < 100
+        h.channel.broadcast(update_of_size(100, seq=seq))
+        await h.channel.pace()  # never waits: the feed goes on
+    assert stopped.closer.calls == [(1013, "slow consumer")]
+    assert stopped.transport.buffer_size <= 2 * 1024
+    assert seqs(fast) == list(range(1, seq + 1))
+    assert fast.closer.calls == []
 
 
 # -- failing transports ------------------------------------------------------------------------
@@ -1654,3 +1806,25 @@ async def test_broadcast_duration_is_the_time_one_broadcast_took(
 
     assert h.value("wsgateway_broadcast_duration_seconds_count") == 2
     assert h.value("wsgateway_broadcast_duration_seconds_sum") == 0.75
+
+
+async def test_what_a_lagging_client_takes_straight_from_the_socket_counts_as_taken(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, peer = socket_pair
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open(fd=ours.fileno())
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(update_of_size(256, seq=1))
+    await next_turn()
+    assert client.conn.taken_bytes() == 0  # not counted while it does not lag
+    for seq in range(2, 10):  # 8 x 256 bytes in one turn: it lags
+        h.channel.broadcast(update_of_size(256, seq=seq))
+    assert h.channel.lagging
+    await next_turn()
+
+    assert client.transport.writes == []  # all of it went straight to the socket
+    assert client.conn.taken_bytes() == 8 * 256  # which is what outbox.py measures
+    assert len(read_available(peer, 9 * 256)) == 9 * 256
+    await after_retry()
+    assert not h.channel.lagging

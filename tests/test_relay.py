@@ -1,5 +1,6 @@
 """The relay loop (Gateway.relay) with the memory broker and fake transports: a burst goes
-out in slices, and the relay waits for a lagging client, then cuts it, never the others."""
+out in slices; a reader that stops holds the relay for one check, not its grace, and is cut,
+never the others; it does not hold the feed of another channel either."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ LIMIT = 4096
 class Relay:
     gateway: Gateway
 
-    def open(self, transport: FakeTransport | None = None) -> Client:
-        channel = self.gateway.channels["trades"]
+    def open(self, transport: FakeTransport | None = None, channel_name: str = "trades") -> Client:
+        channel = self.gateway.channels[channel_name]
         transport = transport if transport is not None else FakeTransport()
         closer = RecordingCloser()
         channel.admit("10.0.0.1")
@@ -35,10 +36,10 @@ class Relay:
         return Client(conn, transport, closer, "10.0.0.1")
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[Relay]:
-    limits = Limits(max_outbox_bytes=LIMIT, slow_consumer_grace=0.05, max_connections_per_ip=10)
-    settings = Settings(channels=("trades",), defaults=limits)
+@contextlib.asynccontextmanager
+async def running(grace: float, channels: tuple[str, ...]) -> AsyncIterator[Relay]:
+    limits = Limits(max_outbox_bytes=LIMIT, slow_consumer_grace=grace, max_connections_per_ip=10)
+    settings = Settings(channels=channels, defaults=limits)
     gateway = Gateway(settings, MemoryBroker(), CollectorRegistry())
     await gateway.broker.start()
     task = asyncio.create_task(gateway.relay())
@@ -50,9 +51,15 @@ async def relay() -> AsyncIterator[Relay]:
     assert gateway.relay_failure is None
 
 
-def batch(count: int) -> list[dict[str, object]]:
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    async with running(0.05, ("trades",)) as relay:
+        yield relay
+
+
+def batch(count: int, channel: str = "trades") -> list[dict[str, object]]:
     return [
-        {"channel": "trades", "topic": "T", "data": {"i": i, "p": "x" * 150}} for i in range(count)
+        {"channel": channel, "topic": "T", "data": {"i": i, "p": "x" * 150}} for i in range(count)
     ]
 
 
@@ -71,7 +78,7 @@ async def test_a_batch_five_times_the_limit_goes_out_in_slices_to_a_fast_client(
     assert max(map(len, fast.transport.writes)) < slice_bytes + 300
 
 
-async def test_the_relay_waits_for_a_stopped_reader_then_cuts_it_and_goes_on(
+async def test_the_relay_does_not_wait_out_a_stopped_reader_it_is_cut_and_the_feed_goes_on(
     relay: Relay,
 ) -> None:
     fast = relay.open()
@@ -89,3 +96,21 @@ async def test_the_relay_waits_for_a_stopped_reader_then_cuts_it_and_goes_on(
     channel = relay.gateway.channels["trades"]
     assert channel.footprint()["lagging"] == 0
     assert channel.footprint()["held"] == 0
+
+
+async def test_a_stopped_reader_of_one_channel_does_not_hold_the_feed_of_another() -> None:
+    # A grace of 60 s: the relay used to wait that long for the stopped reader, and the
+    # ticker's reader with it (there is one relay for every channel).
+    async with running(60.0, ("trades", "ticker")) as relay:
+        stopped = relay.open(FakeTransport(stopped=True), "trades")
+        fast = relay.open(channel_name="ticker")
+        for _ in range(10):
+            await relay.gateway.publish_many(batch(10, "trades") + batch(10, "ticker"))
+        await until(lambda: len(fast.messages()) == 100, 20)
+
+        assert [m["seq"] for m in fast.messages()] == list(range(1, 101))
+        assert fast.closer.calls == []
+        # Cut at the hard cap, long before its grace.
+        assert stopped.closer.calls == [(1013, "slow consumer")]
+        assert LIMIT < stopped.transport.buffer_size <= 2 * LIMIT
+        assert relay.gateway.channels["trades"].footprint()["lagging"] == 0

@@ -5,8 +5,9 @@ The fan-out follows DESIGN.md, "The hot path": an update is encoded and framed o
 frame is appended to each subscriber's outbox, and one callback per event-loop turn writes
 each dirty outbox with a single ``transport.write``. No task, future or ``await`` per
 delivery. A client whose queued bytes pass ``max_outbox_bytes`` lags: the relay waits for it
-(:meth:`Channel.pace`) until it catches up or, after ``slow_consumer_grace``, is dropped
-(1013); the rule is in ``outbox.py``. Metrics are counted once per broadcast or flush, not
+(:meth:`Channel.pace`) while it drains fast enough to catch up within ``slow_consumer_grace``;
+one that does not is dropped (1013) when its grace ends or its queue reaches the hard cap;
+the rule is in ``outbox.py``. Metrics are counted once per broadcast or flush, not
 per delivery.
 """
 
@@ -24,7 +25,7 @@ from .brokers.base import Update
 from .connection import Closer, Connection, Transport
 from .errors import Draining, ForbiddenTopic, Rejected, TooManyTopics
 from .metrics import ChannelMetrics, ChannelState
-from .outbox import SlowConsumerRule, Verdict
+from .outbox import Course, SlowConsumerRule, Verdict
 from .ratelimit import LogThrottle
 from .settings import Limits
 
@@ -80,8 +81,9 @@ class Channel:
         self.turn_bytes = 0
         self.slice_bytes = self._rule.slice_bytes
         # Connections over max_outbox_bytes, judged every HOLD_RETRY_SECONDS until they
-        # catch up or are cut; the relay waits while there are any.
-        self._lagging: set[Connection] = set()
+        # catch up or are cut, with their last measurement; the relay waits while one of
+        # them is on course to catch up (outbox.py).
+        self._lagging: dict[Connection, Course] = {}
 
     # -- admission ------------------------------------------------------------------------
 
@@ -150,7 +152,7 @@ class Channel:
             return
         self._connections.discard(conn)
         self._held.discard(conn)
-        self._lagging.discard(conn)
+        self._lagging.pop(conn, None)
         self.admission.closed(conn.address)
         self._drop_subscriptions(conn, tuple(conn.topics))
         if conn.outbox:
@@ -302,34 +304,49 @@ class Channel:
         for conn in connections:
             if not conn.closing:
                 conn.lagging_since = now
-                self._lagging.add(conn)
+                self._lagging[conn] = Course(now, conn.taken_bytes())
         self._schedule_retry()
 
     def _judge_lagging(self) -> None:
-        """Let lagging clients that caught up go; cut those whose grace has run out."""
+        """Let lagging clients that caught up go; cut those whose grace has run out; measure
+        the others: is each still on course to catch up in time (worth waiting for)?"""
         now = self._clock()
-        judge = self._rule.judge
-        for conn in list(self._lagging):
-            verdict = judge(conn.pending_bytes(), conn.lagging_since, now)
+        rule = self._rule
+        lagging = self._lagging
+        for conn, course in list(lagging.items()):
+            pending = conn.pending_bytes()
+            since = now if conn.lagging_since is None else conn.lagging_since
+            verdict = rule.judge(pending, since, now)
             if verdict is Verdict.KEEP:
                 conn.lagging_since = None
-                self._lagging.discard(conn)
+                del lagging[conn]
             elif verdict is Verdict.CUT:
-                self._lagging.discard(conn)
+                del lagging[conn]
                 self._drop_slow_consumer(conn, unsent=0)
+            else:
+                lagging[conn] = rule.follow(course, pending, conn.taken_bytes(), since, now)
 
     @property
     def lagging(self) -> bool:
-        """True while a client is over max_outbox_bytes: the relay waits (:meth:`pace`)."""
+        """True while a client is over max_outbox_bytes (until it catches up or is cut)."""
         return bool(self._lagging)
+
+    @property
+    def waiting(self) -> bool:
+        """True while a lagging client is on course to catch up: the relay waits
+        (:meth:`pace`). A stopped or trickling reader does not hold it."""
+        return any(course.wait for course in self._lagging.values())
 
     async def pace(self) -> None:
         """Between slices of a burst: write what is queued, let the loop run (readers,
-        other channels, publishers), then wait while a client lags.
+        other channels, publishers), then wait while a lagging client is on course to
+        catch up.
 
         The wait is what turns a burst's pressure back on the publisher (the broker's queue
-        is bounded) instead of on the readers. It is bounded: a lagging client either gets
-        back under ``max_outbox_bytes`` or is cut within ``slow_consumer_grace``.
+        is bounded) instead of on the readers. It is bounded: a client is waited for only
+        while it drains fast enough to be back under half of ``max_outbox_bytes`` within
+        ``slow_consumer_grace``, and never past its grace. A reader that stops holds the
+        relay (every channel's feed) for one check, ``HOLD_RETRY_SECONDS``, not its grace.
         """
         if self._flush_handle is not None:
             self._flush_handle.cancel()  # the flush happens here, now
@@ -337,7 +354,7 @@ class Channel:
         await asyncio.sleep(0)
         while self._lagging:
             self._judge_lagging()
-            if not self._lagging:
+            if not self.waiting:
                 break
             await asyncio.sleep(HOLD_RETRY_SECONDS)
 
@@ -408,6 +425,8 @@ class Channel:
                 except OSError:  # full (EAGAIN) or a dead peer: the transport finds out
                     written = 0
                 if written == len(data):
+                    if conn.lagging_since is not None:
+                        conn.written += written
                     conn.backlog = 0
                     sent += count
                     continue
@@ -419,7 +438,9 @@ class Channel:
                 self._fail(conn, "send_failed", 1011, "send failed")
                 continue
             conn.backlog = backlog = transport.get_write_buffer_size()
-            if backlog > limit and conn.lagging_since is None:
+            if conn.lagging_since is not None:
+                conn.written += len(data)  # counted only while it lags: what outbox.py measures
+            elif backlog > limit:
                 lagging.append(conn)  # the kernel refused more than the limit: it lags now
             sent += count
         if lagging:

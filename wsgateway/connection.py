@@ -50,6 +50,7 @@ class Connection:
         "outbox_bytes",
         "transport",
         "user",
+        "written",
     )
 
     def __init__(
@@ -81,6 +82,10 @@ class Connection:
         self.outbox_bytes = 0
         #: bytes the transport still held after the last flush (the kernel would not take them)
         self.backlog = 0
+        #: bytes handed to its transport (or its socket) while it lagged, a running total:
+        #: with what the transport still holds, the bytes its kernel took (:meth:`taken_bytes`;
+        #: not counted otherwise, to keep the flush's common path one check shorter)
+        self.written = 0
         #: when its pending bytes passed max_outbox_bytes (None: not lagging); see outbox.py
         self.lagging_since: float | None = None
         self.closing = False
@@ -117,3 +122,9 @@ class Connection:
     def pending_bytes(self) -> int:
         """Bytes queued for this client: in the outbox and in the transport's buffer."""
         return self.outbox_bytes + self.transport.get_write_buffer_size()
+
+    def taken_bytes(self) -> int:
+        """Bytes the kernel has taken for this client (a running total, meaningful as a
+        difference between two moments while it lags): how fast it drains, apart from what
+        is added to its queue meanwhile (outbox.py)."""
+        return self.written - self.transport.get_write_buffer_size()

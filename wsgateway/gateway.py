@@ -96,8 +96,10 @@ class Gateway:
         """Hand every message from the broker to its channel, until the broker stops.
 
         A batch goes out in slices: once a channel has queued ``slice_bytes`` of frames, they
-        are written before more are queued, and while a client of the channel lags the relay
-        waits (:meth:`Channel.pace`, bounded by ``slow_consumer_grace``). Meanwhile the
+        are written before more are queued, and while a lagging client of the channel is on
+        course to catch up the relay waits (:meth:`Channel.pace`, bounded by
+        ``slow_consumer_grace``). A reader that stops or trickles is not waited for: it
+        would pause every channel's feed (outbox.py). Meanwhile the
         broker's bounded queue fills and publishers wait: a legal burst slows the publisher,
         it does not cut the readers.
         """
@@ -118,7 +120,7 @@ class Gateway:
                     if channel.turn_bytes >= channel.slice_bytes:
                         await channel.pace()
                 for channel in channels.values():
-                    if channel.lagging:
+                    if channel.waiting:
                         await channel.pace()
         except asyncio.CancelledError:
             raise
