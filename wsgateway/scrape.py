@@ -22,15 +22,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import prometheus_client
 from prometheus_client import exposition
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
+from prometheus_client.utils import floatToGoString, parse_version
 
-__all__ = ["Counter", "Gauge", "Histogram", "choose_encoder", "generate_text"]
+__all__ = [
+    "Counter",
+    "Gauge",
+    "Histogram",
+    "choose_encoder",
+    "generate_openmetrics",
+    "generate_text",
+]
+
+Encoder = Callable[[Collector], bytes]
+#: prometheus_client's float format (Go's): ``+Inf``, ``NaN``, ``1e+06``; untyped there.
+_go_float = cast(Callable[[float], str], floatToGoString)
 
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -41,8 +54,6 @@ class _Lean:
 
     _name: str
     _labelnames: tuple[str, ...]
-    _metrics: dict[tuple[str, ...], Any]
-    _lock: Any
     _get_metric: Callable[[], Any]
 
     def _series(self, child: Any, labels: dict[str, str]) -> list[Sample]:
@@ -52,13 +63,14 @@ class _Lean:
         metric = self._get_metric()
         names = self._labelnames
         if names:
-            with self._lock:
-                children = list(self._metrics.items())
+            wrapper: Any = self  # prometheus_client's parent: its children by label values
+            with wrapper._lock:
+                children = list(wrapper._metrics.items())
         else:
             children = [((), self)]
         samples = metric.samples
         for values, child in children:
-            samples += self._series(child, dict(zip(names, values)))
+            samples += self._series(child, dict(zip(names, values, strict=True)))
         return [metric]
 
 
@@ -89,11 +101,10 @@ class Histogram(_Lean, prometheus_client.Histogram):
         return samples
 
     def _bounds(self) -> list[str]:
-        try:
-            return self._le  # type: ignore[has-type,no-any-return]
-        except AttributeError:
-            self._le: list[str] = [floatToGoString(bound) for bound in self._upper_bounds]
-            return self._le
+        bounds: list[str] | None = self.__dict__.get("_le")
+        if bounds is None:
+            bounds = self.__dict__["_le"] = [_go_float(bound) for bound in self._upper_bounds]
+        return bounds
 
 
 def _escape(value: str) -> str:
@@ -114,9 +125,42 @@ def generate_text(registry: Collector) -> bytes:
         return exposition.generate_latest(registry)
 
 
+# The text of each series seen, ``name{labels}``: the same few hundred every scrape. Bounded
+# in case a collector registered by an embedding application has unbounded label values.
+_SERIES: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+_SERIES_MAX = 20_000
+_INF = float("inf")
+
+
+def _series(name: str, labels: dict[str, str]) -> str:
+    key = (name, tuple(labels.items()))
+    text = _SERIES.get(key)
+    if text is None:
+        if not _METRIC_NAME.match(name):
+            raise _NotLegacy(name)
+        for label in labels:
+            if not _LABEL_NAME.match(label):
+                raise _NotLegacy(label)
+        if labels:
+            pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+            text = f"{name}{{{pairs}}}"
+        else:
+            text = name
+        if len(_SERIES) >= _SERIES_MAX:
+            _SERIES.clear()
+        _SERIES[key] = text
+    return text
+
+
+def _number(value: float) -> str:
+    # floatToGoString's result is repr() below 1e6 (Go writes exponents for large values).
+    if value.__class__ is float and -_INF < value < 1e6:
+        return repr(value)
+    return _go_float(value)
+
+
 def _generate_text(registry: Collector) -> bytes:
     output: list[str] = []
-    label_names: set[str] = set()
     for metric in registry.collect():
         name, kind = metric.name, metric.type
         if kind == "counter":
@@ -138,25 +182,12 @@ def _generate_text(registry: Collector) -> bytes:
         extra: dict[str, list[str]] = {}
         suffixes = {metric.name + s: s for s in ("_created", "_gsum", "_gcount")}
         for sample in metric.samples:
-            labels = sample.labels
-            if labels:
-                for label in labels:
-                    if label not in label_names:
-                        if not _LABEL_NAME.match(label):
-                            raise _NotLegacy(label)
-                        label_names.add(label)
-                text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-                series = f"{sample.name}{{{text}}}"
-            else:
-                series = sample.name
-            if not _METRIC_NAME.match(sample.name):
-                raise _NotLegacy(sample.name)
-            value = sample.value
-            number = floatToGoString(value)
+            series = _series(sample.name, sample.labels)
             if sample.timestamp is None:
-                line = f"{series} {number}\n"
+                line = f"{series} {_number(sample.value)}\n"
             else:
-                line = f"{series} {number} {int(float(sample.timestamp) * 1000):d}\n"
+                stamp = int(float(sample.timestamp) * 1000)
+                line = f"{series} {_number(sample.value)} {stamp:d}\n"
             suffix = suffixes.get(sample.name)
             if suffix is None:
                 output.append(line)
@@ -170,9 +201,70 @@ def _generate_text(registry: Collector) -> bytes:
     return "".join(output).encode("utf-8")
 
 
-def choose_encoder(accept: str) -> tuple[Callable[[Collector], bytes], str]:
-    """prometheus_client's content negotiation, with :func:`generate_text` for text 0.0.4."""
+def _generate_openmetrics(registry: Collector) -> bytes:
+    output: list[str] = []
+    for metric in registry.collect():
+        name = metric.name
+        # OpenMetrics escapes sample names as label names: no colons on the fast path.
+        if not _LABEL_NAME.match(name):
+            raise _NotLegacy(name)
+        help_text = (
+            metric.documentation.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+        )
+        output.append(f"# HELP {name} {help_text}\n# TYPE {name} {metric.type}\n")
+        if metric.unit:
+            output.append(f"# UNIT {name} {metric.unit}\n")
+        for sample in metric.samples:
+            if sample.exemplar or sample.native_histogram or ":" in sample.name:
+                raise _NotLegacy(sample.name)
+            series = _series(sample.name, sample.labels)
+            value = "" if sample.value is None else _number(sample.value)
+            if sample.timestamp is None:
+                output.append(f"{series} {value}\n")
+            else:
+                output.append(f"{series} {value} {sample.timestamp}\n")
+    output.append("# EOF\n")
+    return "".join(output).encode("utf-8")
+
+
+def generate_openmetrics(registry: Collector, fallback: Encoder) -> bytes:
+    """``fallback(registry)`` (prometheus_client's OpenMetrics 1.x encoder, names escaped
+    with underscores or left as UTF-8), the same bytes for legacy names, without its
+    per-sample cost. Exemplars and native histograms go to ``fallback``."""
+    try:
+        return _generate_openmetrics(registry)
+    except _NotLegacy:
+        return fallback(registry)
+
+
+# The name escapings under which a legacy name is written unchanged.
+_PLAIN_ESCAPINGS = (openmetrics.UNDERSCORES, openmetrics.ALLOWUTF8)
+
+
+def choose_encoder(accept: str) -> tuple[Encoder, str]:
+    """prometheus_client's content negotiation and content type, with the encoders above
+    wherever they write the same bytes (text 0.0.4 and 1.0, OpenMetrics 1.x)."""
     encoder, content_type = exposition.choose_encoder(accept)
     if encoder is exposition.generate_latest:
         return generate_text, content_type
+    if not isinstance(encoder, partial) or encoder.args:
+        return encoder, content_type
+    if encoder.keywords.get("escaping") not in _PLAIN_ESCAPINGS:
+        return encoder, content_type
+    if encoder.func is exposition.generate_latest and encoder.keywords.keys() == {"escaping"}:
+        return partial(_text_or, fallback=encoder), content_type
+    if encoder.func is openmetrics.generate_latest and encoder.keywords.keys() == {
+        "escaping",
+        "version",
+    }:
+        version = parse_version(encoder.keywords["version"])
+        if (1, 0, 0) <= version < (2, 0, 0):
+            return partial(generate_openmetrics, fallback=encoder), content_type
     return encoder, content_type
+
+
+def _text_or(registry: Collector, fallback: Encoder) -> bytes:
+    try:
+        return _generate_text(registry)
+    except _NotLegacy:
+        return fallback(registry)
