@@ -58,6 +58,9 @@ def start_server(
         "WSGATEWAY_MAX_CONNECTIONS_PER_IP": "1000000",
         "WSGATEWAY_CONNECTIONS_PER_MINUTE": "1000000",
         "WSGATEWAY_MAX_CONNECTIONS": "1000000",
+        # The fleet opens clients faster than the default 1,000 handshakes per second.
+        "WSGATEWAY_HANDSHAKES_PER_SECOND": "1000000",
+        "WSGATEWAY_HANDSHAKE_BURST": "1000000",
         "WSGATEWAY_LOG_LEVEL": "WARNING",
     }
     if metrics_port is not None:
