@@ -68,6 +68,9 @@ def instruments(
     for i, value in enumerate(AWKWARD_VALUES):
         level.labels(str(i)).set(value)
     gauge("t_lone", "No labels", registry=registry).set(7)
+    gauge("t_live", "From a function", ["k"], registry=registry).labels("f").set_function(
+        lambda: 4.5
+    )
     latency = histogram(
         "t_latency_seconds", "Latency", ["channel"], buckets=(0.001, 0.5, 2.5), registry=registry
     )
