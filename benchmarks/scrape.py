@@ -8,6 +8,7 @@ figures at 0 clients for comparison. Everything runs on 127.0.0.1 and stops by i
 
     python benchmarks/scrape.py --clients 10000
     python benchmarks/scrape.py --clients 10000 --metrics-port 0   # the separate listener
+    python benchmarks/scrape.py --clients 10000 --accept prometheus  # OpenMetrics, as scraped
 
 Run it from the checkout to measure (the server is ``python -m wsgateway`` with this
 directory first on the path).
@@ -35,6 +36,12 @@ from wsgateway.loadgen.fleet import open_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ("/metrics", "/api/ws/metrics")
+# What Prometheus 3 sends (scrape_protocols' default): prometheus_client picks OpenMetrics.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
 
 
 def free_port() -> int:
@@ -51,6 +58,9 @@ def start_server(
         "WSGATEWAY_MAX_CONNECTIONS_PER_IP": "1000000",
         "WSGATEWAY_CONNECTIONS_PER_MINUTE": "1000000",
         "WSGATEWAY_MAX_CONNECTIONS": "1000000",
+        # The fleet opens clients faster than the default 1,000 handshakes per second.
+        "WSGATEWAY_HANDSHAKES_PER_SECOND": "1000000",
+        "WSGATEWAY_HANDSHAKE_BURST": "1000000",
         "WSGATEWAY_LOG_LEVEL": "WARNING",
     }
     if metrics_port is not None:
@@ -77,14 +87,16 @@ def start_server(
     return server, scrape_port
 
 
-async def time_scrapes(port: int, count: int) -> dict[str, dict[str, float]]:
+async def time_scrapes(port: int, count: int, accept: str) -> dict[str, dict[str, float]]:
     figures: dict[str, dict[str, float]] = {}
+    headers = {"Accept": accept} if accept else {}
     async with aiohttp.ClientSession() as session:
         for path in PATHS:
             samples = []
             for _ in range(count):
                 started = time.perf_counter()
-                async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                url = f"http://127.0.0.1:{port}{path}"
+                async with session.get(url, headers=headers) as response:
                     await response.read()
                     assert response.status == 200, response.status
                 samples.append((time.perf_counter() - started) * 1000)
@@ -97,12 +109,12 @@ async def time_scrapes(port: int, count: int) -> dict[str, dict[str, float]]:
 
 
 async def measure(
-    root: Path, clients: int, scrapes: int, metrics_port: int | None
+    root: Path, clients: int, scrapes: int, metrics_port: int | None, accept: str = ""
 ) -> dict[str, object]:
     port = free_port()
     server, scrape_port = start_server(root, port, metrics_port)
     try:
-        idle = await time_scrapes(scrape_port, scrapes)
+        idle = await time_scrapes(scrape_port, scrapes, accept)
         cfg = Config(
             url=f"ws://127.0.0.1:{port}/ws/ticker",
             publish_url=f"http://127.0.0.1:{port}/api/publish",
@@ -114,7 +126,7 @@ async def measure(
         fleet = await open_fleet(cfg, Stats(), True, lambda line: print(line, file=sys.stderr))
         if fleet.errors:
             print(f"{len(fleet.errors)} clients failed: {fleet.errors[:3]}", file=sys.stderr)
-        loaded = await time_scrapes(scrape_port, scrapes)
+        loaded = await time_scrapes(scrape_port, scrapes, accept)
         for client in fleet.clients:
             client.abort()
         return {"clients": len(fleet.clients), "at_0": idle, f"at_{clients}": loaded}
@@ -134,9 +146,16 @@ def main() -> None:
         help="scrape a separate metrics listener (0: any free port)",
     )
     parser.add_argument(
+        "--accept",
+        default="",
+        help="Accept header of the scrapes (default none: text 0.0.4); 'prometheus' sends what "
+        "Prometheus 3 sends, which negotiates OpenMetrics",
+    )
+    parser.add_argument(
         "--root", type=Path, default=ROOT, help="checkout whose wsgateway serves (default: this)"
     )
     args = parser.parse_args()
+    accept = PROMETHEUS_ACCEPT if args.accept == "prometheus" else args.accept
     try:
         import uvloop
 
@@ -145,7 +164,8 @@ def main() -> None:
         runner = asyncio.run
     print(
         json.dumps(
-            runner(measure(args.root, args.clients, args.scrapes, args.metrics_port)), indent=2
+            runner(measure(args.root, args.clients, args.scrapes, args.metrics_port, accept)),
+            indent=2,
         )
     )
 

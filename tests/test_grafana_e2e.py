@@ -211,8 +211,8 @@ async def scrape(gw: RunningGateway) -> str:
 
 
 async def test_every_metric_in_the_dashboards_and_rules_is_exported(gw: RunningGateway) -> None:
-    """Names as Prometheus stores them: ``_total``/``_created`` of counters, ``_bucket``/
-    ``_sum``/``_count``/``_created`` of histograms, ``process_*`` of the ProcessCollector."""
+    """Names as Prometheus stores them: ``_total`` of counters, ``_bucket``/``_sum``/
+    ``_count`` of histograms (no ``_created``: wsgateway/scrape.py), ``process_*``."""
     families = list(text_string_to_metric_families(await scrape(gw)))
     exported = {sample.name for family in families for sample in family.samples}
     with_channel = {

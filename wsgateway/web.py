@@ -12,7 +12,6 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_websocket import WebSocketError
-from prometheus_client import exposition
 
 from . import logtext, protocol
 from .auth import Identity, bearer_token, check_origin, check_publisher, verify_user_token
@@ -31,6 +30,7 @@ from .errors import (
 )
 from .gateway import Gateway
 from .release import SocketRelease, bound_unacked_time
+from .scrape import choose_encoder
 from .transports import direct_fd
 
 log = logging.getLogger("wsgateway.web")
@@ -413,7 +413,7 @@ async def publish(request: web.Request) -> web.Response:
 async def prometheus_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: text or OpenMetrics exposition, as the scraper asks."""
     registry = request.app[GATEWAY].registry
-    encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     response = web.Response(body=encoder(registry))
     response.headers["Content-Type"] = content_type
     return response
