@@ -355,6 +355,26 @@ async def test_access_log_lines_cannot_be_forged(caplog: pytest.LogCaptureFixtur
         await server.close()
 
 
+@pytest.mark.attack
+async def test_malformed_requests_cannot_flood_the_error_log(
+    start_gateway: StartGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp wrote an ERROR line and a ten-line traceback for every malformed request:
+    50 of them were 50 tracebacks. Now one line per 10 s, and the bystander is served."""
+    gw = await start_gateway()
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        for i in range(50):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
+            # (aiohttp logs a request that is not HTTP at all at DEBUG; a broken one at ERROR)
+            writer.write(b"GET /%d HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n" % i)
+            assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.0 400")
+            writer.close()
+        assert await gw.get_json("/healthz") == {"status": "ok"}
+    errors = [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= 30]
+    assert len(errors) == 1
+    assert errors[0].getMessage().startswith("Error handling request")
+
+
 def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The access log's lines, without the trailing duration."""
     return [r.getMessage().rsplit(" ", 1)[0] for r in caplog.records if r.name == "aiohttp.access"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from wsgateway.logtext import escape
+from wsgateway.logtext import ThrottledLog, escape
 
 
 @pytest.mark.parametrize(
@@ -39,3 +41,39 @@ def test_every_non_printable_code_point_below_0x10000_is_escaped() -> None:
     assert '"' not in result
     for forbidden in ("\r", "\n", "\x1b", "\x85", "\u2028"):
         assert forbidden not in result
+
+
+# -- aiohttp's error log, throttled ---------------------------------------------------------
+
+
+def test_error_lines_are_throttled_per_message_and_say_what_was_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    log = ThrottledLog(logging.getLogger("test.throttled"), interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.DEBUG, logger="test.throttled"):
+        for _ in range(5):
+            log.error("Error handling request from %s", "10.0.0.1")
+        log.error("Unhandled exception")  # another message has its own interval
+        log.debug("debug lines are never held back")
+        log.debug("debug lines are never held back")
+        now[0] += 10.0
+        log.error("Error handling request from %s", "10.0.0.2")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Error handling request from 10.0.0.1",
+        "Unhandled exception",
+        "debug lines are never held back",
+        "debug lines are never held back",
+        "Error handling request from 10.0.0.2 (4 more since the last line)",
+    ]
+
+
+def test_exception_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    log = ThrottledLog(logging.getLogger("test.throttled"))
+    with caplog.at_level(logging.ERROR, logger="test.throttled"):
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("Error handling request")
+    (record,) = caplog.records
+    assert record.exc_info is not None and record.exc_info[0] is ValueError

@@ -16,7 +16,7 @@ from .errors import ServerShutdown
 from .gateway import Gateway
 from .listener import Listener
 from .settings import Settings
-from .web import CLOSING, GATEWAY, HANDLER_ARGS, MAX_PUBLISH_BODY, add_routes
+from .web import CLOSING, GATEWAY, MAX_PUBLISH_BODY, add_routes, handler_args
 
 log = logging.getLogger("wsgateway")
 LISTENER = web.AppKey("listener", Listener)
@@ -39,7 +39,7 @@ def create_app(
         broker or create_broker(settings.broker),
         registry if registry is not None else CollectorRegistry(),
     )
-    app = web.Application(client_max_size=MAX_PUBLISH_BODY, handler_args=HANDLER_ARGS)
+    app = web.Application(client_max_size=MAX_PUBLISH_BODY, handler_args=handler_args())
     app[GATEWAY] = gateway
     app[CLOSING] = set()
     # With a metrics listener, the status page and the metrics views leave the public port.

@@ -47,8 +47,8 @@ from .ratelimit import AddressCounter, LogThrottle
 from .settings import Settings
 from .web import (
     GATEWAY,
-    HANDLER_ARGS,
     AccessLogger,
+    handler_args,
     healthz,
     json_metrics,
     prometheus_metrics,
@@ -217,7 +217,7 @@ class Listener:
 
     def create_metrics_app(self) -> web.Application:
         """The app the metrics listener serves: the operator's read-only routes."""
-        app = web.Application(handler_args=HANDLER_ARGS)
+        app = web.Application(handler_args=handler_args())
         app[GATEWAY] = self.gateway
         app.router.add_get("/", status_page)
         app.router.add_get("/metrics", prometheus_metrics)

@@ -1,11 +1,22 @@
-"""Client text on its way into a log line: escaped, so that it cannot forge one.
+"""Client text on its way into a log line: escaped, so that it cannot forge one; and
+client-caused error lines: throttled, so that they cannot flood the log.
 
 A request path is percent-decoded before a handler sees it: ``/x%0d%0aINFO ...`` would put
 a line break, and with it a forged log line, into a plain-text log; ``%1b[...`` would drive
-the terminal that shows it. Pure, no I/O.
+the terminal that shows it.
 """
 
 from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from .ratelimit import LogThrottle
+
+#: Seconds between two lines of one kind from :class:`ThrottledLog`.
+ERROR_LOG_INTERVAL = 10.0
 
 _QUOTES = frozenset('"\\')
 
@@ -27,3 +38,34 @@ def _escape_char(char: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+class ThrottledLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, at most one line per message per ``interval``.
+
+    aiohttp logs every malformed request ("Error handling request from ...") at ERROR with a
+    traceback of about ten lines: any client could fill the disk with them. Each message
+    (its format string) gets one line per interval; the next one that is written says how
+    many were held back. Handed to aiohttp as the request handler's ``logger``.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = ERROR_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(logger, {})
+        self._throttle = LogThrottle(interval)
+        self._clock = clock
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level < logging.WARNING or not self.isEnabledFor(level):
+            super().log(level, msg, *args, **kwargs)
+            return
+        more = self._throttle.note(str(msg), self._clock())
+        if more is not None:
+            super().log(level, f"{msg}{more}", *args, **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        return msg, kwargs

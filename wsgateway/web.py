@@ -12,6 +12,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_websocket import WebSocketError
+from aiohttp.log import server_logger
 
 from . import logtext, protocol
 from .auth import Identity, bearer_token, check_origin, check_publisher, verify_user_token
@@ -29,6 +30,7 @@ from .errors import (
     UnsupportedData,
 )
 from .gateway import Gateway
+from .logtext import ThrottledLog
 from .release import SocketRelease, bound_unacked_time
 from .scrape import choose_encoder
 from .transports import direct_fd
@@ -43,11 +45,20 @@ CLOSING = web.AppKey("closing", set[asyncio.Task[None]])
 #: A write-buffer high-water mark no client reaches: the gateway cuts a client long before
 #: (max_outbox_bytes), so aiohttp's writer never pauses (see the session loop).
 NO_FLOW_CONTROL = 2**31 - 1  # the largest uvloop accepts (a C int)
-#: aiohttp's request-handler options on every listener of the gateway. aiohttp inflates a
-#: compressed body as it arrives, before any handler has checked a token, and drains the
-#: rest after the answer: 0.5 MB of deflate cost ~1.4 s of the loop. No route here takes a
-#: compressed body (the publish handler refuses one with 415).
-HANDLER_ARGS = {"auto_decompress": False}
+
+
+def handler_args() -> dict[str, Any]:
+    """aiohttp's request-handler options for one listener of the gateway.
+
+    - ``auto_decompress`` off: aiohttp inflates a compressed body as it arrives, before any
+      handler has checked a token, and drains the rest after the answer: 0.5 MB of deflate
+      cost ~1.4 s of the loop. No route here takes a compressed body (publish answers 415).
+    - ``logger``: aiohttp's own log, throttled: it writes a traceback for every malformed
+      request a client sends.
+    """
+    return {"auto_decompress": False, "logger": ThrottledLog(server_logger)}
+
+
 #: Largest POST /api/publish body; larger ones get 413.
 MAX_PUBLISH_BODY = 4 * 1024 * 1024
 
