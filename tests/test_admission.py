@@ -243,3 +243,35 @@ def test_ten_thousand_clients_dropped_at_once_are_back_in_about_ten_seconds() ->
 def test_a_reconnect_storm_takes_about_clients_over_the_budget() -> None:
     took = reconnect_storm(5000, Limits(handshakes_per_second=500, handshake_burst=500))
     assert 5000 / 500 - 1 <= took <= 5000 / 500 + 1
+
+
+def test_the_handshake_refusal_says_which_budget_and_when_to_come_back() -> None:
+    # The message is the body of the 429 a refused client reads (web.py).
+    admission, _clock = make(handshakes_per_second=5, handshake_burst=1)
+    admission.admit("10.0.0.1", 0)
+    with pytest.raises(HandshakeRateLimited) as caught:
+        admission.admit("10.0.0.2", 0)
+    assert caught.value.message == (
+        "over 5 new connections per second; retry after the Retry-After seconds"
+    )
+
+
+def test_the_retry_horizon_stops_short_of_its_cap_and_time_brings_it_closer() -> None:
+    # One handshake a second: the k-th refused client is given the slot k seconds ahead.
+    admission, clock = make(0.0, handshakes_per_second=1, handshake_burst=1)
+    admission.admit("10.0.0.1", 0)
+    told = []
+    for i in range(MAX_HANDSHAKE_RETRY + 2):
+        with pytest.raises(HandshakeRateLimited) as caught:
+            admission.admit(f"10.0.1.{i}", 0)
+        told.append(caught.value.retry_after)
+    cap = MAX_HANDSHAKE_RETRY - 1  # plus up to one second of jitter: never over the cap
+    assert told == [min(k, cap) for k in range(1, MAX_HANDSHAKE_RETRY + 3)]
+
+    # The flood filled the slots up to 29 s ahead; the 30th is not handed out, so two
+    # seconds on (the token of that time taken) the next refused client is told 28 s.
+    clock.advance(2.0)
+    admission.admit("10.0.2.1", 0)
+    with pytest.raises(HandshakeRateLimited) as caught:
+        admission.admit("10.0.2.2", 0)
+    assert caught.value.retry_after == cap - 1

@@ -290,6 +290,22 @@ def test_max_lifetime_accepts_a_token_within_it() -> None:
     assert verify_user_token(token, SECRET, max_lifetime=600, now=now).expires == int(now) + 600
 
 
+def test_max_lifetime_and_the_timer_horizon_include_their_bounds() -> None:
+    now = float(int(time.time()))
+    exactly = make_token({"sub": "alice", "exp": int(now) + 600})
+    assert verify_user_token(exactly, SECRET, max_lifetime=600, now=now).expires == now + 600
+    far = make_token({"sub": "a", "exp": int(now) + EXPIRY_HORIZON})
+    assert verify_user_token(far, SECRET, now=now).expires == now + EXPIRY_HORIZON
+
+
+def test_max_lifetime_is_measured_from_the_clock_given() -> None:
+    # An hour earlier by the caller's clock, a token expiring in 10 minutes lives 70.
+    now = time.time()
+    token = make_token({"sub": "alice", "exp": int(now) + 600})
+    exc = refused(token, max_lifetime=600, now=now - 3600)
+    assert exc.message.startswith("token lives too long")
+
+
 def test_max_lifetime_refuses_a_token_without_exp() -> None:
     exc = refused(make_token({"sub": "alice"}), max_lifetime=600)
     assert exc.message == 'token has no "exp"; this gateway accepts only tokens that expire'
@@ -506,6 +522,20 @@ def test_loopback_rule_accepts_local_host_names(host: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("host", "bound_host"),
+    [
+        ("[2001:db8::5]:8080", "[2001:db8::5]"),
+        ("[2001:db8::5]", "2001:db8::5"),
+        ("gw.box", "GW.BOX"),
+    ],
+)
+def test_loopback_rule_accepts_the_bound_host_however_it_is_written(
+    host: str, bound_host: str
+) -> None:
+    assert publish_check(None, None, "127.0.0.1", host=host, bound_host=bound_host) is None
+
+
+@pytest.mark.parametrize(
     "host",
     [
         "evil.example:8080",  # DNS rebinding: evil.example now resolves to 127.0.0.1
@@ -514,6 +544,8 @@ def test_loopback_rule_accepts_local_host_names(host: str) -> None:
         "10.0.0.5:8080",
         "[::1",
         "[::1]x",
+        "[::1]x80",  # no colon before the port
+        "[::1]:x80",  # a port that is not a number
         "127.0.0.1:http",
         "::1",  # an IPv6 literal must be bracketed
         "",
@@ -525,6 +557,10 @@ def test_loopback_rule_refuses_other_host_headers(host: str | None) -> None:
         publish_check(None, None, "127.0.0.1", host=host, bound_host="0.0.0.0")
     exc = info.value
     assert (exc.status, exc.code, exc.field) == (403, "forbidden_host", "Host")
+    assert exc.message == (
+        "without a publish_token, publish to a loopback address, localhost or the "
+        "gateway's bound host"
+    )
 
 
 @pytest.mark.parametrize(
@@ -549,6 +585,9 @@ def test_loopback_rule_refuses_a_foreign_origin(origin: str) -> None:
         publish_check(None, None, "127.0.0.1", origin=origin)
     exc = info.value
     assert (exc.status, exc.code, exc.field) == (403, "forbidden_origin", "Origin")
+    assert exc.message == (
+        "a browser page from another origin may not publish without a publish_token"
+    )
 
 
 @pytest.mark.parametrize(
@@ -577,6 +616,7 @@ def test_loopback_rule_refuses_other_media_types(content_type: str | None) -> No
         publish_check(None, None, "127.0.0.1", content_type=content_type)
     exc = info.value
     assert (exc.status, exc.code, exc.field) == (415, "unsupported_media_type", "Content-Type")
+    assert exc.message == "send the body as Content-Type: application/json"
 
 
 def test_loopback_rule_refuses_a_request_relayed_by_an_unknown_proxy() -> None:
@@ -584,6 +624,10 @@ def test_loopback_rule_refuses_a_request_relayed_by_an_unknown_proxy() -> None:
         publish_check(None, None, "127.0.0.1", relayed=True)
     exc = info.value
     assert (exc.status, exc.code, exc.field) == (403, "forbidden", "X-Forwarded-For")
+    assert exc.message == (
+        "relayed by a proxy that is not in trusted_proxies; without a publish_token only "
+        "loopback clients may publish"
+    )
 
 
 def test_a_publish_token_lifts_the_loopback_rules_request_checks() -> None:
@@ -613,6 +657,7 @@ def test_a_publish_token_lifts_the_loopback_rules_request_checks() -> None:
         ("::", False),
         ("10.0.0.5", False),
         ("gw.example.com", False),
+        ("LOCALHOSTX", False),  # only looks like localhost
     ],
 )
 def test_is_loopback_host(host: str, loopback: bool) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 from collections import deque
@@ -1660,9 +1661,6 @@ async def test_subscribe_all_then_unsubscribe_all_then_a_topic_gets_only_that_to
     assert h.channel.state() == ChannelState("ticker", 2, 1, 1, 0)
 
 
-PREFIX = "rejected connection on ticker from an unknown address: "
-
-
 def test_rejections_are_logged_once_per_reason_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -1679,16 +1677,18 @@ def test_rejections_are_logged_once_per_reason_per_interval(
         h.clock.advance(1.0)
         h.channel.reject(full)
     h.channel.reject(crowded)  # another reason has its own interval
+    unknown = "rejected connection on ticker from an unknown address"
     assert lines() == [
-        f"{PREFIX}capacity: channel 'ticker' is at max_connections (1)",
-        f"{PREFIX}ip_limit: at most 1 connections per address",
+        f"{unknown}: capacity: channel 'ticker' is at max_connections (1)",
+        f"{unknown}: ip_limit: at most 1 connections per address",
     ]
 
     h.clock.advance(REJECTION_LOG_INTERVAL - 3.0)  # the interval since the first line is over
     h.channel.reject(full)
     h.channel.reject(crowded)  # not yet for this one
     assert lines()[2:] == [
-        f"{PREFIX}capacity: channel 'ticker' is at max_connections (1) (3 more since the last line)"
+        f"{unknown}: capacity: channel 'ticker' is at max_connections (1)"
+        " (3 more since the last line)"
     ]
     assert rejected(h, "capacity") == 5  # the metric counts every one
     assert rejected(h, "ip_limit") == 2
@@ -1828,3 +1828,108 @@ async def test_what_a_lagging_client_takes_straight_from_the_socket_counts_as_ta
     assert len(read_available(peer, 9 * 256)) == 9 * 256
     await after_retry()
     assert not h.channel.lagging
+
+
+# -- found by mutation testing (README, "Tests") -------------------------------------------------
+
+
+def test_a_refused_admission_logs_the_client_address(caplog: pytest.LogCaptureFixture) -> None:
+    h = make_channel(max_connections_per_ip=1)
+    caplog.set_level(logging.WARNING, logger="wsgateway.channel")
+    h.open("10.0.0.7")
+    with pytest.raises(TooManyConnectionsFromAddress):
+        h.channel.admit("10.0.0.7")
+    assert [record.getMessage() for record in caplog.records] == [
+        "rejected connection on ticker from 10.0.0.7: ip_limit: at most 1 connections per address"
+    ]
+
+
+async def test_unsubscribing_a_topic_named_twice_still_drops_the_topics_after_it() -> None:
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD", "SOL-USD"])
+    h.channel.unsubscribe(client.conn, ["BTC-USD", "BTC-USD", "ETH-USD"])
+    for seq, topic in enumerate(["BTC-USD", "ETH-USD", "SOL-USD"], start=1):
+        h.channel.broadcast(make_update(topic, seq))
+    await next_turn()
+    assert updates(client) == [("SOL-USD", 3)]
+    assert h.channel.state() == ChannelState("ticker", 1, 1, 1, 0)
+
+
+@pytest.mark.parametrize(("frames", "lags"), [(4, False), (5, True)])
+async def test_a_client_lags_from_the_frame_that_takes_it_past_the_limit(
+    frames: int, lags: bool
+) -> None:
+    # 4 x 256 bytes fill max_outbox_bytes exactly (kept); the fifth passes it: the client
+    # lags at once, so the relay waits for it before it queues the next slice.
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    for seq in range(1, frames + 1):
+        assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
+    assert h.channel.lagging is lags
+    assert (client.conn.lagging_since is not None) is lags
+    await next_turn()
+    await after_retry()  # its kernel took everything: no longer lagging, never cut
+    assert not h.channel.lagging
+    assert seqs(client) == list(range(1, frames + 1))
+    assert client.closer.calls == []
+
+
+async def test_a_client_exactly_at_the_limit_after_a_stale_backlog_does_not_lag() -> None:
+    limit, size = 1024, 200
+    h = make_channel(max_outbox_bytes=limit)
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    client.transport.buffer_size = 1000
+    h.channel.broadcast(update_of_size(size, seq=1))
+    await next_turn()  # the cached backlog says 1000
+    client.transport.buffer_size = limit - size  # the kernel took some since
+    h.channel.broadcast(update_of_size(size, seq=2))
+    assert client.conn.pending_bytes() == limit
+    assert not h.channel.lagging  # at the limit is not over it: the relay need not wait
+
+
+async def test_turn_bytes_counts_the_frames_queued_since_the_last_flush() -> None:
+    # What the relay reads to cut a burst into slices of max_outbox_bytes // 4.
+    h = make_channel()
+    client = h.open()
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    assert h.channel.turn_bytes == 0
+    h.channel.broadcast(update_of_size(300, seq=1))
+    h.channel.broadcast(update_of_size(200, "ETH-USD", seq=1))  # nobody to queue it for
+    h.channel.broadcast(update_of_size(400, seq=2))
+    assert h.channel.turn_bytes == 700
+    await next_turn()
+    assert h.channel.turn_bytes == 0
+    assert seqs(client) == [1, 2]
+
+
+async def test_a_held_lagging_client_costs_one_retry_per_interval() -> None:
+    # Every flush and every retry finds the client still held and lagging: they must
+    # share one timer, not each start another (a timer storm on a stuck reader).
+    h = make_channel(max_outbox_bytes=40_000)  # 64 KiB stuck: lagging, under the hard cap
+    stuck = h.open("10.0.0.1", transport=FakeTransport(buffer_size=HOLD_BYTES + 1))
+    fast = h.open("10.0.0.2")
+    for client in (stuck, fast):
+        h.channel.subscribe(client.conn, ["BTC-USD"])
+    retries = count_retries(h)
+    for seq in range(1, 6):
+        h.channel.broadcast(make_update("BTC-USD", seq))
+        await next_turn()
+    await until(lambda: len(retries) >= 4)
+    assert h.channel.lagging
+    assert h.channel.footprint()["held"] == 1
+    gaps = [later - earlier for earlier, later in itertools.pairwise(retries)]
+    assert min(gaps) >= HOLD_RETRY_SECONDS / 2, gaps
+    assert seqs(fast) == [1, 2, 3, 4, 5]
+    assert seqs(stuck) == [1]  # what it got before its transport filled
+
+    h.channel.remove(stuck.conn, "client_closed")
+    await until(lambda: h.channel._retry_handle is None)
+    assert h.channel.footprint() == {
+        **IDLE_FOOTPRINT,
+        "connections": 1,
+        "addresses": 1,
+        "topics": 1,
+    }

@@ -865,6 +865,23 @@ def test_python_data_that_cannot_be_encoded(data: object, message: str) -> None:
     assert (info.value.field, info.value.message) == ("data", message)
 
 
+def test_a_body_too_deep_for_the_exact_integer_parse_is_refused_not_raised() -> None:
+    # orjson takes 1,000 levels; the parse that keeps wide integers exact (a long run of
+    # digits sends the body there) hits Python's recursion limit first.
+    depth = 1000
+    body = b'{"channel":"ticker","topic":"T","data":%s12345678901234567890%s}' % (
+        b"[" * depth,
+        b"]" * depth,
+    )
+    with pytest.raises(PublishError) as info:
+        load_publish_body(body)
+    assert (info.value.status, info.value.field, info.value.message) == (
+        400,
+        "body",
+        "nested too deeply",
+    )
+
+
 def test_integers_at_the_edges_of_the_exact_range_stay_integers() -> None:
     body = b'{"channel":"ticker","topic":"T","data":[18446744073709551615,-9223372036854775808]}'
     (message,) = parse_publish(load_publish_body(body), CHANNELS)

@@ -786,6 +786,7 @@ def test_trusted_proxies_from_toml_are_normalised(tmp_path: Path) -> None:
         ("127.0.0.1", ("127.0.0.1/32",)),
         ("10.0.0.0/8, ::1", ("10.0.0.0/8", "::1/128")),
         ("10.0.0.0/8,", ("10.0.0.0/8",)),
+        ("10.0.0.0/8,,::1", ("10.0.0.0/8", "::1/128")),
         ("", ()),
     ],
 )
@@ -815,7 +816,9 @@ def test_bad_trusted_proxies_name_the_setting(tmp_path: Path, entry: str) -> Non
 
 def test_trusted_proxies_must_be_a_list(tmp_path: Path) -> None:
     path = write_toml(tmp_path, "trusted_proxies = 3\n")
-    assert_names(settings_error(config_file=path), "trusted_proxies", 3)
+    error = settings_error(config_file=path)
+    assert_names(error, "trusted_proxies", 3)
+    assert str(error).endswith(": expected a list of addresses or networks")
 
 
 @pytest.mark.parametrize(
@@ -983,7 +986,36 @@ def test_metrics_port_must_differ_from_port_on_the_same_host() -> None:
 def test_metrics_host_without_metrics_port_is_refused() -> None:
     error = settings_error(env={"WSGATEWAY_METRICS_HOST": "10.0.0.5"})
     assert_names(error, "metrics_host", "10.0.0.5")
-    assert "set metrics_port too" in str(error)
+    assert str(error) == "bad setting metrics_host='10.0.0.5': set metrics_port too"
+
+
+def test_metrics_port_on_the_public_host_and_port_is_refused_even_when_named() -> None:
+    env = {"WSGATEWAY_HOST": "10.0.0.5", "WSGATEWAY_PORT": "8080"}
+    error = settings_error(
+        env={**env, "WSGATEWAY_METRICS_HOST": "10.0.0.5", "WSGATEWAY_METRICS_PORT": "8080"}
+    )
+    assert str(error) == ("bad setting metrics_port=8080: must differ from port on the same host")
+    one = settings_error(env={"WSGATEWAY_PORT": "1", "WSGATEWAY_METRICS_PORT": "1"})
+    assert_names(one, "metrics_port", 1)
+
+
+def test_port_zero_for_both_listeners_is_two_ephemeral_ports() -> None:
+    settings = load_settings(env={"WSGATEWAY_PORT": "0", "WSGATEWAY_METRICS_PORT": "0"})
+    assert (settings.port, settings.metrics_port) == (0, 0)
+
+
+def test_metrics_host_must_be_a_string(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "metrics_host = 5\nmetrics_port = 9100\n")
+    assert_names(settings_error(config_file=path), "metrics_host", 5)
+
+
+@pytest.mark.parametrize(("value", "accepted"), [(2**31 - 1, True), (2**31, False)])
+def test_max_pending_per_ip_is_at_most_2_to_the_31_minus_1(value: int, accepted: bool) -> None:
+    env = {"WSGATEWAY_MAX_PENDING_PER_IP": str(value)}
+    if accepted:
+        assert load_settings(env=env).max_pending_per_ip == value
+    else:
+        assert str(settings_error(env=env)).endswith("expected an integer from 1 to 2147483647")
 
 
 # -- close_timeout ------------------------------------------------------------------------------
