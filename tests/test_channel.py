@@ -1830,6 +1830,32 @@ async def test_what_a_lagging_client_takes_straight_from_the_socket_counts_as_ta
     assert not h.channel.lagging
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["socket", "transport"])
+async def test_what_a_lagging_client_takes_adds_up_over_several_writes(
+    direct: bool, socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """The rate outbox.py measures is the running total of what the kernel took: a second
+    write between two checks adds to it, it does not replace it."""
+    ours, peer = socket_pair
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open(fd=ours.fileno() if direct else -1)
+    h.channel.subscribe(client.conn, ["BTC-USD"])
+    h.channel.broadcast(update_of_size(256, seq=1))
+    await next_turn()
+    for seq in range(2, 10):  # 8 x 256 bytes in one turn: it lags
+        h.channel.broadcast(update_of_size(256, seq=seq))
+    assert h.channel.lagging
+    await next_turn()
+    first = client.conn.taken_bytes()
+    assert first == 8 * 256
+    for seq in range(10, 12):
+        h.channel.broadcast(update_of_size(256, seq=seq))
+    await next_turn()
+    assert client.conn.taken_bytes() == first + 2 * 256
+    if direct:
+        assert len(read_available(peer, 11 * 256)) == 11 * 256
+
+
 # -- found by mutation testing (README, "Tests") -------------------------------------------------
 
 

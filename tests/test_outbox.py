@@ -141,3 +141,21 @@ def test_the_rate_owed_rises_as_the_grace_runs_out() -> None:
     # The same 400 B/s is on course with 1.5 s left for 600 bytes, not with 1 s left.
     assert RULE.on_course(1112, 200, 0.5, 0.5)
     assert not RULE.on_course(1112, 200, 0.5, 1.0)
+
+
+def test_on_course_at_its_exact_bounds() -> None:
+    # Grace 2 s, resume 512 bytes.
+    assert not RULE.on_course(2048, 10**9, CHECK, 2.0)  # no time left: cut, not waited for
+    assert RULE.on_course(2048, 10**9, CHECK, 1.999)
+    assert RULE.on_course(512, 0, CHECK, 1.0)  # exactly back at resume: caught up
+    assert not RULE.on_course(513, 0, CHECK, 1.0)  # one byte owed and nothing taken
+    # Exactly the rate owed: 512 bytes owed over the 1 s left, 5.12 bytes in 10 ms.
+    assert RULE.on_course(1024, 512, 1.0, 1.0)
+    assert not RULE.on_course(1024, 511, 1.0, 1.0)
+
+
+def test_a_measurement_needs_exactly_min_interval() -> None:
+    start = Course(T0, taken=0)
+    assert RULE.follow(start, 2048, 0, T0, T0 + MIN_INTERVAL) == Course(
+        T0 + MIN_INTERVAL, 0, wait=False
+    )
