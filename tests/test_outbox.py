@@ -148,6 +148,8 @@ def test_on_course_at_its_exact_bounds() -> None:
     assert not RULE.on_course(2048, 10**9, CHECK, 2.0)  # no time left: cut, not waited for
     assert RULE.on_course(2048, 10**9, CHECK, 1.999)
     assert RULE.on_course(512, 0, CHECK, 1.0)  # exactly back at resume: caught up
+    assert RULE.on_course(512, 0, 0.0, 1.0)  # caught up needs no measurement
+    assert not RULE.on_course(500, 0, CHECK, 2.0)  # grace over: nothing more to wait for
     assert not RULE.on_course(513, 0, CHECK, 1.0)  # one byte owed and nothing taken
     # Exactly the rate owed: 512 bytes owed over the 1 s left, 5.12 bytes in 10 ms.
     assert RULE.on_course(1024, 512, 1.0, 1.0)
@@ -155,7 +157,5 @@ def test_on_course_at_its_exact_bounds() -> None:
 
 
 def test_a_measurement_needs_exactly_min_interval() -> None:
-    start = Course(T0, taken=0)
-    assert RULE.follow(start, 2048, 0, T0, T0 + MIN_INTERVAL) == Course(
-        T0 + MIN_INTERVAL, 0, wait=False
-    )
+    start = Course(0.0, taken=0)  # at 0.0, so that the interval is exact in floating point
+    assert RULE.follow(start, 2048, 0, 0.0, MIN_INTERVAL) == Course(MIN_INTERVAL, 0, wait=False)
