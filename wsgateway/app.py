@@ -36,7 +36,7 @@ def create_app(
     settings = settings or Settings()
     gateway = Gateway(
         settings,
-        broker or create_broker(settings.broker),
+        broker or create_broker(settings),
         registry if registry is not None else CollectorRegistry(),
     )
     app = web.Application(client_max_size=MAX_PUBLISH_BODY, handler_args=handler_args())

@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .brokers import Broker, Message
+from .brokers import Broker, Message, Resync
 from .channel import REJECTION_LOG_INTERVAL, Channel
 from .errors import BrokerUnavailable
 from .metrics import GatewayMetrics, StateCollector, to_json
@@ -106,6 +106,8 @@ class Gateway:
         channels = self.channels
         try:
             async for batch in self.broker.batches():
+                if isinstance(batch, Resync):
+                    continue
                 for update in batch:
                     channel = channels.get(update.channel)
                     if channel is None:

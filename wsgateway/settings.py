@@ -45,6 +45,14 @@ class Limits:
     write_delay: float = 0.0
     #: seconds a client may stay over max_outbox_bytes before it is cut (1013); outbox.py
     slow_consumer_grace: float = 2.0
+    #: updates the broker keeps per topic for resume (0: none); see brokers/base.py
+    history_size: int = 100
+    #: seconds an update stays in a topic's history
+    history_ttl: float = 300.0
+    #: seconds a topic's numbering (epoch, seq) outlives its last publish
+    topic_ttl: float = 86_400.0
+    #: most updates one resume replays; a client further behind gets recovered: false
+    max_replay: int = 1000
 
 
 LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
@@ -62,12 +70,25 @@ _LIMIT_MINIMUM: dict[str, float] = {
     "heartbeat": 0.1,
     "write_delay": 0.0,
     "slow_consumer_grace": 0.0,
+    "history_size": 0,
+    "history_ttl": 1.0,
+    "topic_ttl": 1.0,
+    "max_replay": 1,
 }
 # Limits measured in (fractions of) seconds; the others are whole numbers.
-_LIMIT_MAXIMUM_SECONDS = {"heartbeat": 3600.0, "write_delay": 0.05, "slow_consumer_grace": 60.0}
+_LIMIT_MAXIMUM_SECONDS = {
+    "heartbeat": 3600.0,
+    "write_delay": 0.05,
+    "slow_consumer_grace": 60.0,
+    "history_ttl": 7 * 86400.0,
+    "topic_ttl": 365 * 86400.0,
+}
 FLOAT_LIMITS = frozenset(_LIMIT_MAXIMUM_SECONDS)
 #: close_timeout bounds: long enough for a close handshake, short enough for a deploy
 CLOSE_TIMEOUT_RANGE = (0.1, 60.0)
+DRAIN_SECONDS_RANGE = (0.0, 600.0)
+MAX_WORKERS = 64
+BROKER_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +128,11 @@ class Settings:
     #: seconds a closed connection's socket may linger (close handshake, unread buffer)
     #: before it is reset; shutdown takes about this long at most
     close_timeout: float = 5.0
+    #: seconds over which a draining node closes its clients (1012), in jittered batches
+    #: so that they do not reconnect to the other nodes all at once
+    drain_seconds: float = 10.0
+    #: processes sharing the port (SO_REUSEPORT); more than 1 needs a shared broker
+    workers: int = 1
 
     def limits_for(self, channel: str) -> Limits:
         """The limits of ``channel``: its own table if it has one, else the defaults."""
@@ -139,6 +165,8 @@ _TOP_LEVEL = (
     "metrics_host",
     "metrics_port",
     "close_timeout",
+    "drain_seconds",
+    "workers",
 )
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: Longest max_token_lifetime: a year (a bound longer than that bounds nothing).
@@ -232,10 +260,7 @@ def _build(
     base = Settings()
     host = _string("host", top.get("host", base.host))
     port = _integer("port", top.get("port", base.port), 0, 65535)
-    broker = _string("broker", top.get("broker", base.broker))
-    if not broker.startswith("memory://"):
-        # The Redis broker is the cluster work; until it lands, say so instead of ignoring it.
-        raise SettingsError("broker", broker, "allowed: memory:// (redis:// is not built yet)")
+    broker = _broker_url(top.get("broker", base.broker))
     publish_token = _optional_secret("publish_token", top.get("publish_token"), 16)
     # HS256 keys shorter than the hash (32 bytes) are weak (RFC 7518, 3.2).
     jwt_secret = _optional_secret("jwt_secret", top.get("jwt_secret"), 32)
@@ -263,6 +288,17 @@ def _build(
     close_timeout = _number(
         "close_timeout", top.get("close_timeout", base.close_timeout), *CLOSE_TIMEOUT_RANGE
     )
+    drain_seconds = _number(
+        "drain_seconds", top.get("drain_seconds", base.drain_seconds), *DRAIN_SECONDS_RANGE
+    )
+    workers = _integer("workers", top.get("workers", base.workers), 1, MAX_WORKERS)
+    if workers > 1 and broker.startswith("memory://"):
+        raise SettingsError(
+            "workers",
+            workers,
+            "more than 1 worker needs a shared broker (broker = redis://host:port/db): "
+            "with memory:// each process would only see its own publishes",
+        )
 
     defaults = _limits("defaults", Limits(), default_limits)
     overrides: dict[str, Limits] = {}
@@ -293,6 +329,8 @@ def _build(
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         close_timeout=close_timeout,
+        drain_seconds=drain_seconds,
+        workers=workers,
     )
 
 
@@ -320,6 +358,18 @@ def _limits(where: str, base: Limits, values: Mapping[str, Any]) -> Limits:
         else:
             checked[name] = _integer(setting, value, int(_LIMIT_MINIMUM[name]), 2**31 - 1)
     return dataclasses.replace(base, **checked)
+
+
+def _broker_url(value: object) -> str:
+    url = _string("broker", value)
+    if not url.startswith(BROKER_SCHEMES):
+        raise SettingsError(
+            "broker",
+            url,
+            "allowed: memory:// (one process) or redis://[:password@]host:port/db "
+            "(rediss:// with TLS, unix:///path/to/redis.sock)",
+        )
+    return url
 
 
 def _string(setting: str, value: object) -> str:
