@@ -214,3 +214,16 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 __all__ = ["Limits", "RunningGateway", "recv_json", "request", "until", "wait_closed"]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[Any]:
+    """A real redis-server on 127.0.0.1 (tests/redis_server.py), stopped after the test."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
