@@ -247,14 +247,44 @@ class Gateway:
         else:
             # Another epoch, or a gap the history no longer covers: the updates in between
             # are gone for good; the subscribers are told so, then the feed goes on.
-            channel.reset_topic(update.topic, Position(update.epoch, update.seq - 1))
+            await self._reset(channel, update.topic, Position(update.epoch, update.seq - 1))
             metrics.repairs["reset"].inc()
+            if channel.positions.classify(update) is Verdict.DUPLICATE:
+                return  # the new epoch's history reached past it
         self._broadcast(channel, update)
 
     async def _fill(self, channel: Channel, topic: str) -> bool:
         """Broadcast the updates of ``topic`` after its relayed position from the broker's
         history; False when the history does not reach back (or cannot be read)."""
-        since = channel.positions.position(topic)
+        missed = await self._missed(channel, topic, channel.positions.position(topic))
+        if missed is None:
+            return False
+        await self._deliver(channel, missed)
+        return True
+
+    async def _reset(self, channel: Channel, topic: str, position: Position) -> None:
+        """Tell the subscribers of ``topic`` that its continuity broke at ``position``.
+
+        When the topic restarted in another epoch, the updates of that epoch up to
+        ``position`` may still be in its history (another node published them before this
+        one's feed came back): the subscribers are then reset to the epoch's start and get
+        them, so that a new epoch reaches them whole, from seq 1 (which names the epoch).
+        """
+        relayed = channel.positions.position(topic)
+        if position.epoch not in ("", relayed.epoch) and position.seq > 0:
+            start = Position(position.epoch, 0)
+            missed = await self._missed(channel, topic, start)
+            if missed is not None:
+                channel.reset_topic(topic, start)
+                await self._deliver(channel, missed)
+                return
+        channel.reset_topic(topic, position)
+
+    async def _missed(
+        self, channel: Channel, topic: str, since: Position
+    ) -> Sequence[Update] | None:
+        """The updates of ``topic`` after ``since`` from the broker's history; None when
+        the history does not reach back (or cannot be read)."""
         try:
             history = await asyncio.wait_for(
                 self.broker.history(channel.name, topic, since, channel.limits.max_replay),
@@ -262,15 +292,17 @@ class Gateway:
             )
         except (ConnectionError, OSError, TimeoutError):
             log.warning("could not read the history of %s/%s to fill a gap", channel.name, topic)
-            return False
-        if history.updates is None:
-            return False
-        for missed in history.updates:
+            return None
+        return history.updates
+
+    async def _deliver(self, channel: Channel, updates: Sequence[Update]) -> None:
+        """Broadcast updates read from history, each the next of its topic, the others
+        (delivered meanwhile) skipped."""
+        for missed in updates:
             if channel.positions.classify(missed) is Verdict.NEXT:
                 self._broadcast(channel, missed)
             if channel.turn_bytes >= channel.slice_bytes:
                 await channel.pace()
-        return True
 
     async def resync(self) -> None:
         """After the broker's live feed came back: check every topic with subscribers here
@@ -305,7 +337,7 @@ class Gateway:
                         channel.metrics.repairs["filled"].inc()
                         filled += 1
                     elif position != channel.positions.position(topic):
-                        channel.reset_topic(topic, position)
+                        await self._reset(channel, topic, position)
                         channel.metrics.repairs["reset"].inc()
                         reset += 1
         if filled or reset:

@@ -1,0 +1,189 @@
+"""The relay's repairs (Gateway.resync, Gateway._mend) against a scripted broker: the test
+says what the live feed brings and what the broker's history holds, fake transports record
+what each client gets. No socket, no timing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from wsgateway.brokers import (
+    NO_POSITION,
+    RESYNC,
+    BrokerStats,
+    History,
+    Message,
+    Position,
+    Resync,
+    Update,
+)
+from wsgateway.brokers.memory import recent
+from wsgateway.gateway import Gateway
+from wsgateway.settings import Settings
+
+from .fakes import FakeTransport, RecordingCloser, make_update, subscribe, written_messages
+
+CHANNEL = "ticker"
+
+
+class ScriptedBroker:
+    """A broker whose live feed is what the test puts in, and whose positions and history
+    are what the test says the server holds (``held``: each topic's kept updates)."""
+
+    def __init__(self) -> None:
+        self.feed: asyncio.Queue[Sequence[Update] | Resync | None] = asyncio.Queue()
+        self.held: dict[str, list[Update]] = {}
+        #: each topic's position on the server (its top, even when the history is trimmed)
+        self.tops: dict[str, Position] = {}
+
+    @property
+    def connected(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.feed.put_nowait(None)
+
+    async def publish(self, messages: Sequence[Message]) -> int:
+        raise NotImplementedError
+
+    async def batches(self) -> AsyncIterator[Sequence[Update] | Resync]:
+        while (item := await self.feed.get()) is not None:
+            yield item
+
+    async def positions(self, channel: str, topics: Sequence[str]) -> dict[str, Position]:
+        return {topic: self.tops.get(topic, NO_POSITION) for topic in topics}
+
+    async def history(self, channel: str, topic: str, since: Position, limit: int) -> History:
+        position = self.tops.get(topic, NO_POSITION)
+        return History(position, recent(self.held.get(topic, []), position, since, limit))
+
+    def stats(self) -> BrokerStats:
+        return BrokerStats()
+
+    async def put_node(self, node: str, record: bytes, ttl: float) -> None:
+        pass
+
+    async def nodes(self) -> Mapping[str, bytes]:
+        return {}
+
+    def server_holds(self, topic: str, epoch: str, seqs: range, top: int | None = None) -> None:
+        """The server now holds ``seqs`` of ``topic`` in ``epoch`` (its top: the last)."""
+        self.held[topic] = [make_update(topic, seq, epoch=epoch) for seq in seqs]
+        self.tops[topic] = Position(epoch, seqs[-1] if top is None else top)
+
+
+@contextlib.asynccontextmanager
+async def relaying() -> AsyncIterator[tuple[Gateway, ScriptedBroker, FakeTransport]]:
+    """A gateway relaying the scripted broker's feed, with one client on BTC-USD."""
+    broker = ScriptedBroker()
+    gateway = Gateway(Settings(channels=(CHANNEL,)), broker, CollectorRegistry())
+    channel = gateway.channels[CHANNEL]
+    transport = FakeTransport()
+    channel.admit("10.0.0.1")
+    conn = channel.open(transport, RecordingCloser(), "10.0.0.1")
+    subscribe(channel, conn, ["BTC-USD"])
+    task = asyncio.create_task(gateway.relay())
+    try:
+        yield gateway, broker, transport
+    finally:
+        # The feed ends after what the test put in: the relay has handled all of it.
+        await broker.stop()
+        await task
+        await asyncio.sleep(0)  # the flush queued in the relay's last turn runs
+        assert gateway.relay_failure is None
+
+
+def received(transport: FakeTransport) -> list[tuple[Any, ...]]:
+    """What the client read: updates as (seq, epoch named or None), resets as tuples."""
+    found: list[tuple[Any, ...]] = []
+    for message in written_messages(transport):
+        if message["type"] == "update":
+            found.append(("update", message["seq"], message.get("epoch")))
+        elif message["type"] == "reset":
+            found.append(("reset", message["epoch"], message["seq"]))
+    return found
+
+
+def repairs(gateway: Gateway, outcome: str) -> float | None:
+    return gateway.registry.get_sample_value(
+        "wsgateway_repairs_total", {"channel": CHANNEL, "outcome": outcome}
+    )
+
+
+async def test_a_gap_after_a_reconnect_is_filled_from_history_without_a_reset() -> None:
+    async with relaying() as (gateway, broker, transport):
+        broker.feed.put_nowait([make_update(seq=1, epoch="e1"), make_update(seq=2, epoch="e1")])
+        broker.server_holds("BTC-USD", "e1", range(1, 6))
+        broker.feed.put_nowait(RESYNC)
+        broker.feed.put_nowait([make_update(seq=5, epoch="e1"), make_update(seq=6, epoch="e1")])
+    assert received(transport) == [("update", 1, "e1"), *(("update", s, None) for s in range(2, 7))]
+    assert (repairs(gateway, "filled"), repairs(gateway, "reset")) == (1, 0)
+
+
+async def test_a_new_epoch_found_by_resync_reaches_the_client_whole_after_a_reset() -> None:
+    # Redis restarted empty, and another node published 1..3 of a new epoch before this
+    # node's feed came back: the client is reset to the new epoch's start and gets 1..3.
+    async with relaying() as (gateway, broker, transport):
+        broker.feed.put_nowait([make_update(seq=1, epoch="e1"), make_update(seq=2, epoch="e1")])
+        broker.server_holds("BTC-USD", "e2", range(1, 4))
+        broker.feed.put_nowait(RESYNC)
+        broker.feed.put_nowait([make_update(seq=3, epoch="e2"), make_update(seq=4, epoch="e2")])
+    assert received(transport) == [
+        ("update", 1, "e1"),
+        ("update", 2, None),
+        ("reset", "e2", 0),
+        ("update", 1, "e2"),
+        ("update", 2, None),
+        ("update", 3, None),
+        ("update", 4, None),
+    ]
+    assert (repairs(gateway, "filled"), repairs(gateway, "reset")) == (0, 1)
+
+
+async def test_a_new_epoch_whose_start_is_no_longer_kept_resets_to_its_top() -> None:
+    async with relaying() as (gateway, broker, transport):
+        broker.feed.put_nowait([make_update(seq=1, epoch="e1")])
+        broker.server_holds("BTC-USD", "e2", range(3, 5))  # 1 and 2 were trimmed
+        broker.feed.put_nowait(RESYNC)
+        broker.feed.put_nowait([make_update(seq=5, epoch="e2")])
+    assert received(transport) == [("update", 1, "e1"), ("reset", "e2", 4), ("update", 5, None)]
+    assert repairs(gateway, "reset") == 1
+
+
+async def test_a_live_update_of_a_new_epoch_brings_that_epoch_from_its_start() -> None:
+    # No reconnect at all (the topic expired and restarted between two updates): the
+    # live feed itself shows the new epoch, mid-way.
+    async with relaying() as (gateway, broker, transport):
+        broker.feed.put_nowait([make_update(seq=1, epoch="e1")])
+        broker.server_holds("BTC-USD", "e2", range(1, 3))
+        broker.feed.put_nowait([make_update(seq=2, epoch="e2"), make_update(seq=3, epoch="e2")])
+    assert received(transport) == [
+        ("update", 1, "e1"),
+        ("reset", "e2", 0),
+        ("update", 1, "e2"),
+        ("update", 2, None),
+        ("update", 3, None),
+    ]
+    assert (
+        repairs(gateway, "reset"),
+        gateway.registry.get_sample_value(
+            "wsgateway_duplicate_updates_total", {"channel": CHANNEL}
+        ),
+    ) == (1, 0)
+
+
+async def test_redis_without_state_resets_to_no_position_and_the_next_epoch_starts_at_1() -> None:
+    async with relaying() as (gateway, broker, transport):
+        broker.feed.put_nowait([make_update(seq=1, epoch="e1")])
+        broker.held.clear()
+        broker.feed.put_nowait(RESYNC)
+        broker.feed.put_nowait([make_update(seq=1, epoch="e2")])
+    assert received(transport) == [("update", 1, "e1"), ("reset", "", 0), ("update", 1, "e2")]
+    assert repairs(gateway, "reset") == 1
