@@ -31,12 +31,12 @@ import redis
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import RunningGateway, StartGateway, request, until
+from tests.conftest import RunningGateway, StartGateway, recv_json, request, until
 from tests.redis_server import RedisServer
 from wsgateway import Limits, Settings
 from wsgateway.brokers import Message, Position
 from wsgateway.brokers.redis import DEFAULT_POLICY
-from wsgateway.brokers.redis_codec import meta_key, publish_arguments
+from wsgateway.brokers.redis_codec import history_key, meta_key, publish_arguments
 from wsgateway.protocol import encode_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.attack]
@@ -426,3 +426,197 @@ async def test_redis_restarted_empty_every_subscriber_gets_reset_and_a_new_epoch
         assert sample(found, "wsgateway_repairs_total", channel=CHANNEL, outcome="reset") == 3
         assert sample(found, "wsgateway_repairs_total", channel=CHANNEL, outcome="filled") == 0
         assert sample(found, "wsgateway_resets_sent_total", channel=CHANNEL) == resets_sent
+
+
+# -- 3. the pub/sub connections killed -------------------------------------------------------------
+
+
+async def test_killed_pubsub_connections_are_rebuilt_at_once_and_clients_miss_nothing(
+    redis_server: RedisServer, start_gateway: StartGateway, record_property: Any
+) -> None:
+    settings = settings_for(redis_server)
+    node_a = await start_gateway(settings)
+    node_b = await start_gateway(settings)
+    async with (
+        clients(
+            Client.connect(node_a, TOPICS[:2]),
+            Client.connect(node_a, TOPICS),
+            Client.connect(node_b, TOPICS),
+        ) as connected,
+        publishing(node_b) as publisher,
+    ):
+        await publisher.rounds(10)
+        brokers = [node_a.gateway.broker, node_b.gateway.broker]
+        killed = time.monotonic()
+        reply = redis_server.command(None, "CLIENT", "KILL", "TYPE", "pubsub")
+        assert reply == b":2\r\n"  # one per node, nothing else
+        for name, broker in zip(("node_a", "node_b"), brokers, strict=True):
+            await until(lambda b=broker: b.stats().reconnects == 1 and b.connected, 10.0)  # type: ignore[misc]
+            report(record_property, f"{name}_pubsub_rebuilt_after_kill", time.monotonic() - killed)
+        await publisher.rounds(10)
+        await publisher.stop()
+
+        tops = {topic: position(redis_server, topic).seq for topic in TOPICS}
+        for client in connected:
+            topics = tuple(client.reply["topics"])
+            with contextlib.suppress(AssertionError):  # the asserts below say what is wrong
+                await until(
+                    lambda c=client, ts=topics: all(  # type: ignore[misc]
+                        len(c.seqs(t)) >= tops[t] for t in ts
+                    ),
+                    DEADLINE,
+                )
+            assert_whole_feed(client, topics, tops)
+    for node in (node_a, node_b):
+        found = await metrics(node)
+        assert sample(found, "wsgateway_broker_reconnects_total") == 1
+        assert sample(found, "wsgateway_repairs_total", channel=CHANNEL, outcome="reset") == 0
+
+
+# -- 4. while Redis is unreachable -----------------------------------------------------------------
+
+
+async def test_while_redis_is_unreachable_publishers_and_new_subscribers_get_clear_answers(
+    redis_server: RedisServer, start_gateway: StartGateway
+) -> None:
+    node = await start_gateway(settings_for(redis_server))
+    async with (
+        clients(Client.connect(node, ("BTC-USD",))) as (watcher,),
+        aiohttp.ClientSession(base_url=node.http) as http,
+        websockets.connect(node.ws_url(CHANNEL)) as newcomer,
+        websockets.connect(node.ws_url(CHANNEL)) as mixed,
+    ):
+        await node.publish(CHANNEL, "BTC-USD", {"n": 1})
+        await until(lambda: watcher.seqs("BTC-USD") == [1])
+        epoch = watcher.updates("BTC-USD")[0]["epoch"]
+
+        await asyncio.to_thread(redis_server.stop)  # saves its data
+        await until(lambda: not node.gateway.broker.connected, DEADLINE)
+
+        body = {"channel": CHANNEL, "topic": "BTC-USD", "data": {"n": 2}}
+        async with http.post("/api/publish", json=body) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"] == "5"
+            assert response.content_type == "application/json"
+            assert await response.json() == {
+                "error": "broker_unavailable",
+                "field": "broker",
+                "message": "the broker is not connected; try again later",
+            }
+        assert await ready(node) == (503, {"ready": False, "reason": "broker disconnected"})
+        found = await metrics(node)
+        assert sample(found, "wsgateway_broker_connected") == 0
+
+        # A topic only Redis knows: a clear error, the connection stays, nothing subscribed.
+        unknown = {"type": "subscribe", "topics": ["ETH-USD"], "id": 7}
+        error = await request(newcomer, unknown, timeout=DEADLINE)
+        assert error == {
+            "type": "error",
+            "code": "unavailable",
+            "message": "the broker did not answer; nothing was subscribed, try again",
+            "id": 7,
+        }
+        # Resuming needs Redis's history, even on a topic this node relays.
+        since = {"BTC-USD": {"seq": 0, "epoch": ""}}
+        resume = {"type": "subscribe", "topics": ["BTC-USD"], "since": since, "id": 8}
+        assert (await request(newcomer, resume, timeout=DEADLINE))["code"] == "unavailable"
+        # Asked together, a known and an unknown topic: all or nothing.
+        both = {"type": "subscribe", "topics": ["BTC-USD", "ETH-USD"], "id": 9}
+        assert (await request(mixed, both, timeout=DEADLINE))["code"] == "unavailable"
+        # A topic this node relays: its position is known here, no Redis needed.
+        known = {"type": "subscribe", "topics": ["BTC-USD"], "id": 10}
+        assert await request(newcomer, known) == {
+            "type": "subscribed",
+            "topics": ["BTC-USD"],
+            "positions": {"BTC-USD": {"seq": 1, "epoch": epoch}},
+            "id": 10,
+        }
+        await asyncio.wait_for(await newcomer.ping(), 5)  # both stay connected and served
+        await asyncio.wait_for(await watcher.ws.ping(), 5)
+        assert watcher.open and watcher.others() == []
+
+        await asyncio.to_thread(redis_server.start)
+        await until_ready(node)
+        again = {"type": "subscribe", "topics": ["ETH-USD"], "id": 11}
+        assert (await request(newcomer, again))["type"] == "subscribed"
+        await node.gateway.publish_many(
+            [
+                {"channel": CHANNEL, "topic": "ETH-USD", "data": {"n": 1}},
+                {"channel": CHANNEL, "topic": "BTC-USD", "data": {"n": 2}},
+            ]
+        )
+        updates = [await recv_json(newcomer), await recv_json(newcomer)]
+        assert sorted((u["topic"], u["seq"]) for u in updates) == [("BTC-USD", 2), ("ETH-USD", 1)]
+        await until(lambda: watcher.seqs("BTC-USD") == [1, 2])
+        # BTC-USD 2 went out to its subscribers before this reply: not to ``mixed``, whose
+        # failed subscribe left it subscribed to nothing, as the error said.
+        later = {"type": "subscribe", "topics": ["SOL-USD"], "id": 12}
+        assert (await request(mixed, later))["type"] == "subscribed"
+
+
+# -- 5. resume across a gateway restart ------------------------------------------------------------
+
+
+async def test_a_client_resumes_on_a_restarted_gateway_with_exactly_what_it_missed(
+    redis_server: RedisServer, start_gateway: StartGateway
+) -> None:
+    settings = settings_for(redis_server)
+    publisher = await start_gateway(settings)
+    first = await start_gateway(settings)
+    async with clients(Client.connect(first, ("BTC-USD",))) as (client,):
+        for n in range(1, 6):
+            await publisher.publish(CHANNEL, "BTC-USD", {"n": n})
+        await until(lambda: len(client.seqs("BTC-USD")) == 5)
+        epoch = client.updates("BTC-USD")[0]["epoch"]
+    await first.server.close()  # the gateway goes away (a deploy)
+    for n in range(6, 13):
+        await publisher.publish(CHANNEL, "BTC-USD", {"n": n})
+
+    second = await start_gateway(settings)
+    since = {"BTC-USD": {"seq": 5, "epoch": epoch}}
+    async with clients(Client.connect(second, ("BTC-USD",), since)) as (client,):
+        assert client.reply["positions"] == {
+            "BTC-USD": {"seq": 12, "epoch": epoch, "recovered": True}
+        }
+        await publisher.publish(CHANNEL, "BTC-USD", {"n": 13})
+        await until(lambda: len(client.frames) >= 8)
+        assert client.seqs("BTC-USD") == list(range(6, 14))
+        assert [u["data"]["n"] for u in client.updates("BTC-USD")] == list(range(6, 14))
+        assert client.others() == [] and client.resets("BTC-USD") == []
+    found = await metrics(second)
+    assert sample(found, "wsgateway_resumes_total", channel=CHANNEL, outcome="recovered") == 1
+    assert sample(found, "wsgateway_replayed_updates_total", channel=CHANNEL) == 7
+
+
+async def test_a_resume_past_the_trimmed_history_is_not_recovered_and_replays_nothing(
+    redis_server: RedisServer, start_gateway: StartGateway
+) -> None:
+    # XADD MAXLEN ~ trims whole stream nodes (100 entries each by default): with
+    # history_size 5, the oldest updates are gone only once more than ~105 were published.
+    settings = settings_for(redis_server, history_size=5)
+    publisher = await start_gateway(settings)
+    first = await start_gateway(settings)
+    async with clients(Client.connect(first, ("BTC-USD",))) as (client,):
+        for n in range(1, 4):
+            await publisher.publish(CHANNEL, "BTC-USD", {"n": n})
+        await until(lambda: len(client.seqs("BTC-USD")) == 3)
+        epoch = client.updates("BTC-USD")[0]["epoch"]
+    await first.server.close()
+    missed = [{"channel": CHANNEL, "topic": "BTC-USD", "data": {"n": n}} for n in range(4, 154)]
+    await publisher.gateway.publish_many(missed)
+    with redis.Redis.from_url(redis_server.url, protocol=2) as plain:
+        assert plain.xlen(history_key(CHANNEL, "BTC-USD")) < 150  # trimmed, as the test needs
+
+    second = await start_gateway(settings)
+    since = {"BTC-USD": {"seq": 3, "epoch": epoch}}
+    async with clients(Client.connect(second, ("BTC-USD",), since)) as (client,):
+        assert client.reply["positions"] == {
+            "BTC-USD": {"seq": 153, "epoch": epoch, "recovered": False}
+        }
+        await publisher.publish(CHANNEL, "BTC-USD", {"n": 154})
+        await until(lambda: len(client.frames) >= 1)
+        assert client.seqs("BTC-USD") == [154]  # no replay: the live feed from the top on
+        assert client.others() == [] and client.resets("BTC-USD") == []
+    found = await metrics(second)
+    assert sample(found, "wsgateway_resumes_total", channel=CHANNEL, outcome="not_recovered") == 1
+    assert sample(found, "wsgateway_replayed_updates_total", channel=CHANNEL) == 0

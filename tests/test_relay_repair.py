@@ -1,6 +1,7 @@
-"""The relay's repairs (Gateway.resync, Gateway._mend) against a scripted broker: the test
-says what the live feed brings and what the broker's history holds, fake transports record
-what each client gets. No socket, no timing."""
+"""The relay's repairs (Gateway.resync, Gateway._mend), and a subscribe the broker cannot
+answer, against a scripted broker: the test says what the live feed brings and what the
+broker's history holds, fake transports record what each client gets. No socket, no
+timing."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from wsgateway.brokers import (
@@ -22,7 +24,9 @@ from wsgateway.brokers import (
     Update,
 )
 from wsgateway.brokers.memory import recent
+from wsgateway.errors import Unavailable
 from wsgateway.gateway import Gateway
+from wsgateway.protocol import Subscribe
 from wsgateway.settings import Settings
 
 from .fakes import FakeTransport, RecordingCloser, make_update, subscribe, written_messages
@@ -187,3 +191,36 @@ async def test_redis_without_state_resets_to_no_position_and_the_next_epoch_star
         broker.feed.put_nowait([make_update(seq=1, epoch="e2")])
     assert received(transport) == [("update", 1, "e1"), ("reset", "", 0), ("update", 1, "e2")]
     assert repairs(gateway, "reset") == 1
+
+
+class UnreachableBroker(ScriptedBroker):
+    """Redis is down: every read fails."""
+
+    async def positions(self, channel: str, topics: Sequence[str]) -> dict[str, Position]:
+        raise ConnectionError("redis is unreachable")
+
+    async def history(self, channel: str, topic: str, since: Position, limit: int) -> History:
+        raise ConnectionError("redis is unreachable")
+
+
+async def test_a_subscribe_the_broker_cannot_answer_subscribes_nothing_not_even_known_topics() -> (
+    None
+):
+    broker = UnreachableBroker()
+    gateway = Gateway(Settings(channels=(CHANNEL,)), broker, CollectorRegistry())
+    channel = gateway.channels[CHANNEL]
+    channel.positions.advance("BTC-USD", "e1", 4)  # relayed here: known without the broker
+    channel.admit("10.0.0.1")
+    conn = channel.open(FakeTransport(), RecordingCloser(), "10.0.0.1")
+    with pytest.raises(Unavailable, match="nothing was subscribed") as refused:
+        await gateway.subscribe(channel, conn, Subscribe(("BTC-USD", "ETH-USD"), 3))
+    assert refused.value.request_id == 3
+    assert conn.topics == set()
+    assert not channel.has_subscribers("BTC-USD") and not channel.has_subscribers("ETH-USD")
+    # alone, the known topic needs no broker
+    await gateway.subscribe(channel, conn, Subscribe(("BTC-USD",), 4))
+    assert conn.topics == {"BTC-USD"}
+    # a failed request leaves what an earlier one subscribed
+    with pytest.raises(Unavailable):
+        await gateway.subscribe(channel, conn, Subscribe(("BTC-USD", "ETH-USD"), 5))
+    assert conn.topics == {"BTC-USD"} and channel.has_subscribers("BTC-USD")

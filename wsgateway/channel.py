@@ -54,6 +54,8 @@ class Joining:
     pending: list[Recovery] = field(default_factory=list)
     #: topics the client already receives, whose position must be read from the broker
     lookup: list[str] = field(default_factory=list)
+    #: the topics this request added to the client: undone when the broker does not answer
+    added: list[str] = field(default_factory=list)
 
 
 class Channel:
@@ -213,7 +215,7 @@ class Channel:
         new = [topic for topic in topics if topic not in conn.topics]
         if len(conn.topics) + len(new) > self.limits.max_topics:
             raise TooManyTopics(f"at most {self.limits.max_topics} topics per connection")
-        joining = Joining(topics)
+        joining = Joining(topics, added=new)
         since = since or {}
         for topic in topics:
             if topic == protocol.WILDCARD:
@@ -272,9 +274,10 @@ class Channel:
             del self._recovering[topic]
         self._topics.setdefault(topic, set()).add(conn)
 
-    def abandon(self, conn: Connection, recoveries: Iterable[Recovery]) -> None:
-        """Undo the subscriptions of recoveries the broker could not answer."""
-        self._drop_subscriptions(conn, [r.topic for r in recoveries if r.topic in conn.topics])
+    def abandon(self, conn: Connection, joining: Joining) -> None:
+        """Undo every subscription a request added, when the broker could not answer it:
+        all or nothing, as the client is told (its topics known here included)."""
+        self._drop_subscriptions(conn, [t for t in joining.added if t in conn.topics])
 
     def unsubscribe(self, conn: Connection, topics: Iterable[str]) -> tuple[str, ...]:
         topics = tuple(topics)

@@ -131,7 +131,7 @@ class Gateway:
                     BROKER_READ_TIMEOUT,
                 )
             except (ConnectionError, OSError, TimeoutError) as exc:
-                channel.abandon(conn, joining.pending)
+                channel.abandon(conn, joining)
                 raise Unavailable(
                     "the broker did not answer; nothing was subscribed, try again", request.id
                 ) from exc
