@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -26,7 +26,9 @@ from .auth import is_loopback_host
 from .errors import GatewayError, SettingsError
 from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
+from .siblings import WorkerRole
 from .web import GATEWAY, AccessLogger
+from .workers import Supervisor
 
 log = logging.getLogger("wsgateway")
 
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", help="port to listen on (default 8080; 0 picks a free one)")
     serve.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
     serve.add_argument("--broker", help="broker URL (default memory://)")
+    serve.add_argument(
+        "--workers",
+        help="processes sharing the port (default 1); more than 1 needs a redis:// broker",
+    )
     serve.add_argument(
         "--demo", action="store_true", default=None, help="publish a synthetic market feed"
     )
@@ -124,24 +130,46 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         env=os.environ,
         config_file=config,
-        flags={"host": args.host, "port": args.port, "broker": args.broker, "demo": args.demo},
+        flags={
+            "host": args.host,
+            "port": args.port,
+            "broker": args.broker,
+            "demo": args.demo,
+            "workers": args.workers,
+        },
     )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # Every client is a descriptor: the usual soft limit of 1,024 is an outage waiting.
     logging.getLogger("wsgateway").info("open files limit: %s", raise_open_files_limit())
+    if settings.workers > 1:
+        return Supervisor(settings, _run_worker).run()
+    return _run(settings)
+
+
+def _loop_factory() -> Any:
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on Windows); asyncio's loop works too
-        return _run(settings, asyncio.new_event_loop)
-    return _run(settings, uvloop.new_event_loop)
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
-def _run(settings: Settings, loop_factory: Any) -> int:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+def _run_worker(settings: Settings, role: WorkerRole, listening: Callable[[], None]) -> int:
+    """One worker of ``serve --workers N`` (workers.py runs it in a forked process)."""
+    return _run(settings, worker=role, listening=listening)
+
+
+def _run(
+    settings: Settings,
+    *,
+    worker: WorkerRole | None = None,
+    listening: Callable[[], None] | None = None,
+) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         try:
-            return runner.run(_serve(settings))
+            return runner.run(_serve(settings, worker=worker, listening=listening))
         except OSError as exc:
             print(
                 f"wsgateway: cannot listen on {settings.host}:{settings.port}: "
@@ -186,9 +214,17 @@ def warn_about_exposed_loopback_rule(settings: Settings) -> bool:
     return True
 
 
-async def _serve(settings: Settings) -> int:
-    app = create_app(settings)
-    warn_about_exposed_loopback_rule(settings)
+async def _serve(
+    settings: Settings,
+    *,
+    worker: WorkerRole | None = None,
+    listening: Callable[[], None] | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM. ``worker``: as one of ``--workers N``, sharing the port
+    (SO_REUSEPORT) and telling the supervisor through ``listening``, which speaks for all."""
+    app = create_app(settings, worker=worker)
+    if worker is None or worker.index == 0:
+        warn_about_exposed_loopback_rule(settings)
     tune_gc()
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=10.0
@@ -199,23 +235,31 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=worker is not None)
         await site.start()
         port = _bound_port(runner) or settings.port
-        channels = ", ".join(app[GATEWAY].channels)
+        gateway = app[GATEWAY]
+        if gateway.cluster is not None:
+            gateway.cluster.address = f"{settings.host}:{port}"
+        channels = ", ".join(gateway.channels)
         metrics = metrics_address(app)
-        print(
-            f"wsgateway listening on http://{settings.host}:{port} "
-            f"(channels: {channels}; broker {settings.broker}"
-            f"{'; demo feed on' if settings.demo else ''}"
-            f"{f'; metrics on http://{metrics[0]}:{metrics[1]}' if metrics else ''})",
-            flush=True,
-        )
+        if listening is not None:
+            listening()  # the supervisor announces the node once every worker listens
+        else:
+            print(
+                f"wsgateway listening on http://{settings.host}:{port} "
+                f"(channels: {channels}; broker {settings.broker}"
+                f"{'; demo feed on' if settings.demo else ''}"
+                f"{f'; metrics on http://{metrics[0]}:{metrics[1]}' if metrics else ''})",
+                flush=True,
+            )
         await stop.wait()
-        print("wsgateway shutting down: closing clients with 1001", flush=True)
+        if worker is None:
+            print("wsgateway shutting down: closing clients with 1001", flush=True)
     finally:
         await runner.cleanup()
-    print("wsgateway stopped", flush=True)
+    if worker is None:
+        print("wsgateway stopped", flush=True)
     return EXIT_OK
 
 
