@@ -240,7 +240,7 @@ async def _serve(
         port = _bound_port(runner) or settings.port
         gateway = app[GATEWAY]
         if gateway.cluster is not None:
-            gateway.cluster.address = f"{settings.host}:{port}"
+            gateway.cluster.listening_on(f"{settings.host}:{port}")
         channels = ", ".join(gateway.channels)
         metrics = metrics_address(app)
         if listening is not None:
@@ -395,12 +395,44 @@ def format_metrics(view: dict[str, Any]) -> str:
                 "-" if last is None else last["type"],
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append(
-            "  ".join(
-                cell.ljust(w) if i == 0 or i == len(row) - 1 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    lines += _table(rows)
+    nodes = view.get("nodes")
+    if nodes:
+        lines += ["", *_table(_node_rows(nodes), last_left=False)]
     return "\n".join(lines)
+
+
+def _node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The ``nodes`` of the metrics view: one row per gateway process in the cluster."""
+    rows: list[tuple[str, ...]] = [
+        ("node", "address", "worker", "pid", "uptime", "connections", "sent", "last seen")
+    ]
+    for node in nodes:
+        # uptime is measured at the view's time: started + uptime is the view's "now".
+        age = node["started"] + node["uptime"] - node["last_seen"]
+        rows.append(
+            (
+                str(node["id"]),
+                str(node["address"]),
+                str(node["worker"]),
+                str(node["pid"]),
+                f"{node['uptime']:.0f}s",
+                str(node["connections"]),
+                str(node["sent"]),
+                f"{max(0.0, age):.1f}s ago",
+            )
+        )
+    return rows
+
+
+def _table(rows: list[tuple[str, ...]], *, last_left: bool = True) -> list[str]:
+    """Rows as aligned text: the first column (and by default the last) to the left."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    left = {0, len(widths) - 1} if last_left else {0, 1}
+    return [
+        "  ".join(
+            cell.ljust(w) if i in left else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]

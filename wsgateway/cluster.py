@@ -117,7 +117,7 @@ class Cluster:
         self.broker = broker
         #: (open connections, messages sent) of this process
         self.figures = figures
-        #: host:port this process serves (the CLI sets the bound port once it listens)
+        #: host:port this process serves (see :meth:`listening_on`)
         self.address = address
         self.worker = worker
         self.interval = interval
@@ -126,6 +126,7 @@ class Cluster:
         self.pid = os.getpid()
         self.started = clock()
         self._records: Mapping[str, bytes] = {}
+        self._wake = asyncio.Event()
         self._log_throttle = LogThrottle(LOG_INTERVAL)
 
     def record(self) -> NodeRecord:
@@ -162,10 +163,18 @@ class Cluster:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    def listening_on(self, address: str) -> None:
+        """The process listens on ``address`` (host:port) now: tell the cluster at once."""
+        self.address = address
+        self._wake.set()
+
     async def _refresh_forever(self) -> None:
         while True:
             await self.refresh_or_log()
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            self._wake.clear()
 
     async def refresh_or_log(self) -> bool:
         """:meth:`refresh`; False (and a throttled log line) when the broker failed."""

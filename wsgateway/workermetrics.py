@@ -48,6 +48,8 @@ def from_wire(data: bytes) -> list[Metric]:
     """The families :func:`to_wire` encoded. Raises ValueError on anything else."""
     try:
         families = orjson.loads(data)
+        if not isinstance(families, list):
+            raise TypeError("expected a list of families")
         result = []
         for name, kind, documentation, unit, samples in families:
             metric = Metric(name, documentation, kind, unit)
