@@ -425,7 +425,7 @@ def _node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def _table(rows: list[tuple[str, ...]], *, last_left: bool = True) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]], *, last_left: bool = True) -> list[str]:
     """Rows as aligned text: the first column (and by default the last) to the left."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     left = {0, len(widths) - 1} if last_left else {0, 1}
