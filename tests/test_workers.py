@@ -78,7 +78,10 @@ def harness(tmp_path: Path) -> Iterator[type[Harness]]:
     for h in made:  # whatever happened, nothing outlives the test
         if h.process.poll() is None:
             h.process.kill()
-            h.process.wait()
+        h.process.wait()
+        for pipe in (h.process.stdout, h.process.stderr):
+            if pipe is not None:
+                pipe.close()
         for _, pid in h.started():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -129,3 +132,12 @@ def test_workers_that_cannot_start_stop_the_start_with_a_clear_message(
     assert code == 1
     assert "could not start (exit code 3); the workers are stopped" in err, err
     assert "listening" not in out
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(harness: type[Harness]) -> None:
+    h = harness("serve")
+    assert "with 2 workers" in h.process.stdout.readline()  # type: ignore[union-attr]
+    workers = [pid for _, pid in h.started()]
+    h.process.kill()
+    h.process.wait()
+    h.wait_for(lambda: not any(alive(pid) for pid in workers), "the orphaned workers gone")

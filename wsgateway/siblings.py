@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .ratelimit import LogThrottle
-from .workermetrics import MergedCollector, from_wire, merge, to_wire
+from .workermetrics import MergedCollector, from_wire, merge, to_wire, with_worker
 
 log = logging.getLogger("wsgateway.siblings")
 
@@ -87,7 +87,7 @@ class Siblings:
         parts: dict[str, list[Metric] | None] = {}
         for index in range(role.count):
             if index == role.index:
-                parts[str(index)] = list(self.registry.collect())
+                parts[str(index)] = with_worker(self.registry.collect(), str(index))
             else:
                 parts[str(index)] = answers[others.index(index)]
         return MergedCollector(merge(parts))
@@ -99,7 +99,7 @@ class Siblings:
                 reader, writer = await asyncio.open_unix_connection(
                     str(self.role.socket_path(index))
                 )
-                return from_wire(await reader.read())
+                return from_wire(await reader.read(), str(index))
         except (OSError, TimeoutError, ValueError) as exc:
             more = self._log_throttle.note(str(index), time.monotonic())
             if more is not None:

@@ -268,6 +268,7 @@ class Supervisor:
 
     def _worker_main(self, role: WorkerRole, ready: Connection) -> None:
         """In the forked worker: leave the supervisor's signals and descriptors, run."""
+        _stop_with_parent()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -363,6 +364,24 @@ class Supervisor:
             worker.process.kill()
             worker.process.join()
         return len(alive)
+
+
+#: prctl(2) option: the signal this process gets when its parent dies (Linux)
+PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """Have Linux send SIGTERM to this worker if the supervisor dies (SIGKILL, a crash):
+    an orphaned worker would keep the port and serve on. Elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _why(exc: OSError) -> str:
