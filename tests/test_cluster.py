@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import pytest
 
@@ -15,6 +16,7 @@ from wsgateway.cluster import (
     Cluster,
     NodeRecord,
     live_nodes,
+    node_address,
     node_id,
 )
 
@@ -125,3 +127,9 @@ async def test_the_metrics_view_of_a_running_gateway_lists_its_node(
     await until(lambda: bool(gw.gateway.metrics_json()["nodes"]))
     nodes = (await gw.get_json("/api/ws/metrics"))["nodes"]
     assert [(n["id"], n["pid"], n["worker"]) for n in nodes] == [(node_id(), os.getpid(), 0)]
+
+
+def test_a_node_on_every_interface_is_named_by_its_host() -> None:
+    assert node_address("127.0.0.1", 8080) == "127.0.0.1:8080"
+    assert node_address("0.0.0.0", 8080) == f"{socket.gethostname()}:8080"
+    assert node_address("::1", 8080) == "[::1]:8080"

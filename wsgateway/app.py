@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .brokers import Broker, create_broker
-from .cluster import Cluster
+from .cluster import Cluster, node_address
 from .demo import run_demo
 from .errors import ServerShutdown
 from .gateway import Gateway
@@ -57,7 +57,7 @@ def create_app(
     gateway.cluster = Cluster(
         gateway.broker,
         lambda: _figures(gateway),
-        address=f"{settings.host}:{settings.port}",
+        address=node_address(settings.host, settings.port),
         worker=0 if worker is None else worker.index,
     )
     # After the broker's: it is stopped only once the cluster's loop is.

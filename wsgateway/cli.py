@@ -23,6 +23,7 @@ from aiohttp import web
 from . import __version__
 from .app import create_app, metrics_address
 from .auth import is_loopback_host
+from .cluster import node_address
 from .errors import GatewayError, SettingsError
 from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
@@ -240,7 +241,7 @@ async def _serve(
         port = _bound_port(runner) or settings.port
         gateway = app[GATEWAY]
         if gateway.cluster is not None:
-            gateway.cluster.listening_on(f"{settings.host}:{port}")
+            gateway.cluster.listening_on(node_address(settings.host, port))
         channels = ", ".join(gateway.channels)
         metrics = metrics_address(app)
         if listening is not None:

@@ -96,6 +96,14 @@ def live_nodes(
     return sorted(live, key=lambda record: record.id)
 
 
+def node_address(host: str, port: int) -> str:
+    """``host:port`` as other nodes can tell it apart: a wildcard host (listening on every
+    interface) is replaced by this machine's name."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def node_id(pid: int | None = None) -> str:
     """This process's id in the cluster: host name and pid (unique while it runs)."""
     return f"{socket.gethostname()}/{os.getpid() if pid is None else pid}"
