@@ -14,9 +14,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from .brokers import Broker, History, Message, Position, Resync, Update
 from .channel import REJECTION_LOG_INTERVAL, Channel
+from .cluster import Cluster
 from .connection import Connection
 from .continuity import Verdict
 from .errors import BrokerUnavailable, ClientError, Unavailable
@@ -25,6 +27,7 @@ from .protocol import Subscribe, parse_publish, subscribed
 from .ratelimit import LogThrottle
 from .release import SocketRelease
 from .settings import Settings
+from .siblings import Siblings
 
 log = logging.getLogger("wsgateway")
 
@@ -74,6 +77,11 @@ class Gateway:
         self.draining = False
         self.relay_failure: str | None = None
         self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
+        #: with ``--workers``: the other workers of this node, whose figures every scrape
+        #: adds (create_app sets it)
+        self.siblings: Siblings | None = None
+        #: every process's record in the broker, for the ``nodes`` view (create_app sets it)
+        self.cluster: Cluster | None = None
 
     # -- the Python API -----------------------------------------------------------------------
 
@@ -369,9 +377,21 @@ class Gateway:
         """Close every client of every channel; returns how many there were."""
         return sum(ch.close_all(code, message, reason) for ch in self.channels.values())
 
-    def metrics_json(self) -> dict[str, Any]:
-        """The ``/api/ws/metrics`` document."""
-        return to_json(self.registry, self.settings.channels, self.clock())
+    async def node_registry(self) -> Collector:
+        """What ``/metrics`` and ``/api/ws/metrics`` show: this process's registry, or with
+        ``--workers`` every worker's series of this node (siblings.py)."""
+        if self.siblings is None:
+            return self.registry
+        return await self.siblings.node_registry()
+
+    def metrics_json(self, registry: Collector | None = None) -> dict[str, Any]:
+        """The ``/api/ws/metrics`` document of ``registry`` (default: this process's), with
+        the cluster's ``nodes``."""
+        view = to_json(
+            self.registry if registry is None else registry, self.settings.channels, self.clock()
+        )
+        view["nodes"] = [] if self.cluster is None else self.cluster.view()
+        return view
 
 
 def _entry(position: Position) -> dict[str, Any]:
