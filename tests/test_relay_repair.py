@@ -1,5 +1,6 @@
-"""The relay's repairs (Gateway.resync, Gateway._mend), and a subscribe the broker cannot
-answer, against a scripted broker: the test says what the live feed brings and what the
+"""The relay's resync when the broker's feed comes back with a topic in a new epoch (more
+repairs in test_repair.py), and a subscribe the broker cannot answer, against a scripted
+broker: the test says what the live feed brings and what the
 broker's history holds, fake transports record what each client gets. No socket, no
 timing."""
 
@@ -121,16 +122,6 @@ def repairs(gateway: Gateway, outcome: str) -> float | None:
     )
 
 
-async def test_a_gap_after_a_reconnect_is_filled_from_history_without_a_reset() -> None:
-    async with relaying() as (gateway, broker, transport):
-        broker.feed.put_nowait([make_update(seq=1, epoch="e1"), make_update(seq=2, epoch="e1")])
-        broker.server_holds("BTC-USD", "e1", range(1, 6))
-        broker.feed.put_nowait(RESYNC)
-        broker.feed.put_nowait([make_update(seq=5, epoch="e1"), make_update(seq=6, epoch="e1")])
-    assert received(transport) == [("update", 1, "e1"), *(("update", s, None) for s in range(2, 7))]
-    assert (repairs(gateway, "filled"), repairs(gateway, "reset")) == (1, 0)
-
-
 async def test_a_new_epoch_found_by_resync_reaches_the_client_whole_after_a_reset() -> None:
     # Redis restarted empty, and another node published 1..3 of a new epoch before this
     # node's feed came back: the client is reset to the new epoch's start and gets 1..3.
@@ -158,38 +149,6 @@ async def test_a_new_epoch_whose_start_is_no_longer_kept_resets_to_its_top() -> 
         broker.feed.put_nowait(RESYNC)
         broker.feed.put_nowait([make_update(seq=5, epoch="e2")])
     assert received(transport) == [("update", 1, "e1"), ("reset", "e2", 4), ("update", 5, None)]
-    assert repairs(gateway, "reset") == 1
-
-
-async def test_a_live_update_of_a_new_epoch_brings_that_epoch_from_its_start() -> None:
-    # No reconnect at all (the topic expired and restarted between two updates): the
-    # live feed itself shows the new epoch, mid-way.
-    async with relaying() as (gateway, broker, transport):
-        broker.feed.put_nowait([make_update(seq=1, epoch="e1")])
-        broker.server_holds("BTC-USD", "e2", range(1, 3))
-        broker.feed.put_nowait([make_update(seq=2, epoch="e2"), make_update(seq=3, epoch="e2")])
-    assert received(transport) == [
-        ("update", 1, "e1"),
-        ("reset", "e2", 0),
-        ("update", 1, "e2"),
-        ("update", 2, None),
-        ("update", 3, None),
-    ]
-    assert (
-        repairs(gateway, "reset"),
-        gateway.registry.get_sample_value(
-            "wsgateway_duplicate_updates_total", {"channel": CHANNEL}
-        ),
-    ) == (1, 0)
-
-
-async def test_redis_without_state_resets_to_no_position_and_the_next_epoch_starts_at_1() -> None:
-    async with relaying() as (gateway, broker, transport):
-        broker.feed.put_nowait([make_update(seq=1, epoch="e1")])
-        broker.held.clear()
-        broker.feed.put_nowait(RESYNC)
-        broker.feed.put_nowait([make_update(seq=1, epoch="e2")])
-    assert received(transport) == [("update", 1, "e1"), ("reset", "", 0), ("update", 1, "e2")]
     assert repairs(gateway, "reset") == 1
 
 
