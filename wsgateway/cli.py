@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from . import __version__
 from .app import create_app, metrics_address
 from .auth import is_loopback_host
 from .errors import GatewayError, SettingsError
+from .gateway import Gateway
 from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
 from .web import GATEWAY, AccessLogger
@@ -193,10 +194,11 @@ async def _serve(settings: Settings) -> int:
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=10.0
     )
+    gateway = app[GATEWAY]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, _drain_on_sigterm(gateway))
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
@@ -211,12 +213,38 @@ async def _serve(settings: Settings) -> int:
             f"{f'; metrics on http://{metrics[0]}:{metrics[1]}' if metrics else ''})",
             flush=True,
         )
-        await stop.wait()
-        print("wsgateway shutting down: closing clients with 1001", flush=True)
+        # SIGINT stops at once; SIGTERM and POST /api/drain drain first, then stop.
+        stopped = asyncio.ensure_future(stop.wait())
+        drained = asyncio.ensure_future(gateway.drained.wait())
+        try:
+            await asyncio.wait((stopped, drained), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            drained.cancel()
+        if stop.is_set():
+            print("wsgateway shutting down: closing clients with 1001", flush=True)
+        else:
+            print("wsgateway drained: shutting down", flush=True)
     finally:
         await runner.cleanup()
     print("wsgateway stopped", flush=True)
     return EXIT_OK
+
+
+def _drain_on_sigterm(gateway: Gateway) -> Callable[[], None]:
+    """SIGTERM drains the node (Gateway.drain); a second one closes the rest at once."""
+    signals = 0
+
+    def on_sigterm() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            gateway.drain()  # joins a drain that POST /api/drain started
+        else:
+            log.info("SIGTERM again: closing the remaining clients now")
+            gateway.hurry_drain()
+
+    return on_sigterm
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:
