@@ -182,8 +182,6 @@ class Gateway:
         ``drain_seconds``; ``drain.py`` plans them); :attr:`drained` is set after the last.
 
         Idempotent: during a drain it starts nothing and returns where that drain stands.
-        Clients that arrived after it started (none can: upgrades are refused) are not its
-        business; the app's shutdown closes whatever is left.
         """
         if self._drain is not None:
             return self._drain.status(started=False)
@@ -227,16 +225,21 @@ class Gateway:
                             conn, ServiceRestart.close_code, "draining", ServiceRestart.reason
                         )
                         run.closed += 1
+            # A client whose upgrade was admitted just before the drain began opens just
+            # after it: not in the plan, closed here rather than left to the 1001 at exit.
+            run.closed += self.close_all(
+                ServiceRestart.close_code, "draining", ServiceRestart.reason
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
             # Never silent; the process still exits, and its shutdown closes the rest (1001).
             log.exception("the drain failed; the rest of the clients are closed with 1001")
         log.info(
-            "drained: %d of %d client(s) closed with 1012 (the others had left) in %.1f s",
+            "drained: closed %d client(s) with 1012 in %.1f s (%d when the drain began)",
             run.closed,
-            run.plan.clients,
             loop.time() - started,
+            run.plan.clients,
         )
         self.drained.set()
 
