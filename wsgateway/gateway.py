@@ -63,6 +63,7 @@ class Gateway:
                 # A crashed relay moves nothing either, whatever the broker says.
                 lambda: self.broker.connected and self.relay_failure is None,
                 self.sockets.held,
+                self.broker.stats,
             )
         )
         self.draining = False
@@ -94,9 +95,14 @@ class Gateway:
             raise BrokerUnavailable("broker", "the broker is not connected; try again later")
         try:
             return await self.broker.publish(batch)
-        except ConnectionError:
-            # The broker stopped while this publisher waited (e.g. the relay crashed).
-            raise BrokerUnavailable("broker", "the broker stopped; try again later") from None
+        except (ConnectionError, TimeoutError) as exc:
+            # The broker stopped while this publisher waited (e.g. the relay crashed), or
+            # its server is unreachable or timed out; a split batch says what went through.
+            accepted = getattr(exc, "accepted", 0)
+            detail = f" after the first {accepted} messages were published" if accepted else ""
+            raise BrokerUnavailable(
+                "broker", f"the broker stopped{detail}; try again later"
+            ) from None
 
     # -- lifecycle ----------------------------------------------------------------------------
 

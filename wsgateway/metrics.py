@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .brokers.base import BrokerStats
 from .scrape import Counter, Gauge, Histogram
 from .settings import FLOAT_LIMITS, Limits
 
@@ -302,14 +303,16 @@ class StateCollector(Collector):
         limits: Mapping[str, Limits],
         broker_connected: Callable[[], bool],
         closing_sockets: Callable[[], int] = lambda: 0,
+        broker_stats: Callable[[], BrokerStats] = BrokerStats,
     ) -> None:
         self._states = states
         self._limits = limits
         self._broker_connected = broker_connected
         self._closing_sockets = closing_sockets
+        self._broker_stats = broker_stats
 
     def describe(self) -> Iterable[Metric]:
-        return list(self._families())
+        return [*self._families(), *self._broker_counters(BrokerStats())]
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
@@ -326,7 +329,29 @@ class StateCollector(Collector):
                 limit.add_metric([channel, item.name], float(getattr(limits, item.name)))
         broker.add_metric([], 1.0 if self._broker_connected() else 0.0)
         sockets.add_metric([], connections + self._closing_sockets())
-        return families
+        return [*families, *self._broker_counters(self._broker_stats())]
+
+    @staticmethod
+    def _broker_counters(stats: BrokerStats) -> list[CounterMetricFamily]:
+        # Kept by the broker itself (it counts in its reader and publish paths), read here.
+        return [
+            CounterMetricFamily(
+                "wsgateway_broker_reconnects",
+                "Times the broker's connection to its server was lost and made again",
+                value=stats.reconnects,
+            ),
+            CounterMetricFamily(
+                "wsgateway_broker_publish_errors",
+                "Publishes refused because the broker's server could not be reached or failed",
+                value=stats.publish_errors,
+            ),
+            CounterMetricFamily(
+                "wsgateway_broker_probe_failures",
+                "Probes of the broker's subscription that did not come back in time "
+                "(the subscription was rebuilt)",
+                value=stats.probe_failures,
+            ),
+        ]
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:

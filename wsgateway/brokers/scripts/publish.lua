@@ -1,0 +1,102 @@
+-- Number, store and announce one batch of messages, atomically (wsgateway/brokers/redis.py).
+--
+-- KEYS, per distinct topic i of the batch: KEYS[2i-1] its meta hash (e = epoch, s = seq),
+--   KEYS[2i] its history stream (entry id <seq>-0, fields d = data, t = ts).
+-- ARGV: ts, epoch candidate, channel count C;
+--   per channel (4): pub/sub channel, history size, history ttl ms, topic ttl ms;
+--   per topic (2): channel index, topic name;
+--   then the messages in two arguments: their layout, "<topic index> <data length>" per
+--   message separated by spaces, and all their data (encoded JSON) back to back. (Two
+--   arguments instead of two per message: the client packs each argument in Python, and
+--   that cost dominated the publish.)
+-- Returns the number of messages published.
+local ts = ARGV[1]
+local candidate = ARGV[2]
+local a = 4
+local channels = {}
+for j = 1, tonumber(ARGV[3]) do
+    channels[j] = {
+        pubsub = ARGV[a], size = tonumber(ARGV[a + 1]),
+        history_ttl = ARGV[a + 2], topic_ttl = ARGV[a + 3],
+        headers = {}, body = {},
+    }
+    a = a + 4
+end
+
+local topics = {}
+for i = 1, #KEYS / 2 do
+    local meta, stream = KEYS[2 * i - 1], KEYS[2 * i]
+    local state = redis.call('HMGET', meta, 'e', 's')
+    local epoch, seq = state[1], tonumber(state[2] or 0)
+    if not epoch then
+        -- No numbering (never published, expired after topic_ttl, or lost with the data):
+        -- a new epoch from seq 1. A stream left from the old epoch would refuse the new
+        -- ids ("ID equal or smaller than the target stream top item"): it goes first.
+        epoch, seq = candidate, 0
+        redis.call('DEL', stream)
+    end
+    topics[i] = {
+        meta = meta, stream = stream, channel = channels[tonumber(ARGV[a])],
+        name = ARGV[a + 1], epoch = epoch, seq = seq, written = false,
+    }
+    a = a + 2
+end
+
+local count = 0
+local blob, at = ARGV[a + 1], 1
+for index, length in string.gmatch(ARGV[a], '(%d+) (%d+)') do
+    local topic = topics[tonumber(index)]
+    local data = string.sub(blob, at, at + tonumber(length) - 1)
+    at = at + tonumber(length)
+    local channel = topic.channel
+    topic.seq = topic.seq + 1
+    if channel.size > 0 then
+        local id = string.format('%d-0', topic.seq)
+        local added = redis.pcall('XADD', topic.stream, 'MAXLEN', '~', channel.size, id,
+            'd', data, 't', ts)
+        if type(added) == 'table' and added.err then
+            if topic.written then
+                return redis.error_reply(added.err)
+            end
+            -- The stream is ahead of the meta's seq (acknowledged writes lost in a
+            -- failover, or the meta rewritten): this numbering can no longer be trusted
+            -- by clients, so the topic starts a new epoch (nothing of it was sent yet).
+            redis.call('DEL', topic.stream)
+            topic.epoch = (candidate == topic.epoch) and (candidate .. 'r') or candidate
+            topic.seq = 1
+            id = '1-0'
+            redis.call('XADD', topic.stream, 'MAXLEN', '~', channel.size, id,
+                'd', data, 't', ts)
+        end
+    end
+    topic.written = true
+    local headers, n = channel.headers, #channel.headers
+    headers[n + 1] = string.format('%d', topic.seq)
+    headers[n + 2] = topic.epoch
+    headers[n + 3] = #topic.name
+    headers[n + 4] = length
+    local body = channel.body
+    body[#body + 1] = topic.name
+    body[#body + 1] = data
+    count = count + 1
+end
+
+for i = 1, #topics do
+    local topic = topics[i]
+    redis.call('HSET', topic.meta, 'e', topic.epoch, 's', string.format('%d', topic.seq))
+    redis.call('PEXPIRE', topic.meta, topic.channel.topic_ttl)
+    if topic.channel.size > 0 then
+        redis.call('PEXPIRE', topic.stream, topic.channel.history_ttl)
+    end
+end
+
+-- One pub/sub message per channel (redis_codec.py decodes it): the header line, then
+-- each update's topic and data bytes back to back.
+for j = 1, #channels do
+    local channel = channels[j]
+    if #channel.headers > 0 then
+        redis.call('PUBLISH', channel.pubsub, 'W1 ' .. ts .. ' ' ..
+            table.concat(channel.headers, ' ') .. '\n' .. table.concat(channel.body))
+    end
+end
+return count
