@@ -14,7 +14,7 @@ import json
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,9 @@ class ResumingClient:
                     self.close_codes.append(ws.close_code)
             except InvalidStatus as refused:
                 self.refused.append(refused.response.status_code)
-            except (OSError, ConnectionClosed, TimeoutError):
+            except ConnectionClosed as closed:  # 1012 among others: not a "normal" close
+                self.close_codes.append(closed.rcvd.code if closed.rcvd is not None else None)
+            except (OSError, TimeoutError):
                 self.close_codes.append(None)
             # Full jitter: a reconnect wave stays as flat as the drain made it.
             await asyncio.sleep(self.rng.uniform(0, backoff))
@@ -238,6 +240,21 @@ class ResumingClient:
             self.epoch = frame["epoch"]
         else:
             raise AssertionError(f"unexpected frame {frame}")
+
+
+async def clients_reach(
+    condition: Callable[[], bool], tasks: list[asyncio.Task[None]], timeout: float
+) -> None:
+    """Wait for ``condition``; a client task that failed (a frame the protocol does not
+    allow) fails the test at once with its own error."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for task in tasks:
+            if task.done():
+                task.result()  # raises what ended it
+                raise AssertionError("a client stopped")
+        assert time.monotonic() < deadline, "the clients did not get there in time"
+        await asyncio.sleep(0.05)
 
 
 async def publish_steadily(url: str, stop: asyncio.Event, per_second: float = 50.0) -> list[int]:
@@ -273,9 +290,7 @@ async def drain_under_load(tmp_path: Path, redis_url: str, how: str) -> None:
         stop_publishing = asyncio.Event()
         publisher: asyncio.Task[list[int]] | None = None
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(client.subscribed.wait() for client in clients)), 30
-            )
+            await clients_reach(lambda: all(c.subscribed.is_set() for c in clients), tasks, 30)
             on_a = await asyncio.to_thread(active, a)
             assert min(on_a, CLIENTS - on_a) >= CLIENTS * 0.3, on_a
             publisher = asyncio.create_task(
@@ -300,10 +315,7 @@ async def drain_under_load(tmp_path: Path, redis_url: str, how: str) -> None:
             accepted = await publisher
             total = len(accepted)
             assert total >= 100
-            deadline = time.monotonic() + 20
-            while any(client.last < total for client in clients):
-                assert time.monotonic() < deadline, sorted(c.last for c in clients)[:5]
-                await asyncio.sleep(0.05)
+            await clients_reach(lambda: all(c.last >= total for c in clients), tasks, 20)
             assert await asyncio.to_thread(active, b) == CLIENTS
         finally:
             stop_publishing.set()
