@@ -9,13 +9,14 @@ JSON objects a client would read, parsing the RFC 6455 framing independently of
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
 
-from wsgateway.brokers.base import Update
+from wsgateway.brokers.base import NO_POSITION, History, Position, Update
 from wsgateway.channel import Channel
 from wsgateway.connection import Connection
 from wsgateway.metrics import GatewayMetrics
@@ -35,6 +36,7 @@ IDLE_FOOTPRINT = {
     "dirty": 0,
     "held": 0,
     "lagging": 0,
+    "recovering": 0,
 }
 
 
@@ -229,6 +231,23 @@ def open_connection(
     return client
 
 
+def subscribe(
+    channel: Channel,
+    conn: Connection,
+    topics: Iterable[str],
+    since: Mapping[str, Position] | None = None,
+    *,
+    history: History | None = None,
+) -> tuple[str, ...]:
+    """``channel.subscribe`` completed at once, as Gateway.subscribe does once the broker
+    answered: ``history`` for every topic that needed the broker (default: a topic the
+    broker holds no state for). Returns the topics of the reply."""
+    joining = channel.subscribe(conn, topics, since)
+    for recovery in joining.pending:
+        channel.complete(recovery, history or History(NO_POSITION, []))
+    return joining.topics
+
+
 def make_update(
     topic: str = "BTC-USD",
     seq: int = 1,
@@ -236,6 +255,7 @@ def make_update(
     *,
     channel: str = "ticker",
     ts: float = EPOCH,
+    epoch: str = "",
 ) -> Update:
     """A numbered message as a broker hands it to the channel."""
-    return Update(channel, topic, seq, ts, {"price": seq} if data is None else data)
+    return Update(channel, topic, seq, ts, {"price": seq} if data is None else data, epoch)

@@ -8,6 +8,7 @@ process took it in between.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -102,10 +103,8 @@ class RedisServer:
         """Shut the server down, saving its data first unless ``save`` is False."""
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(OSError):
             self.command(None, "SHUTDOWN", "SAVE" if save else "NOSAVE")
-        except OSError:
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -91,7 +91,12 @@ async def still_usable(ws: websockets.ClientConnection, gw: RunningGateway) -> N
     assert (pong["type"], pong["id"]) == ("pong", "still-there")
     assert isinstance(pong["ts"], float)
     reply = await request(ws, {"type": "subscribe", "topics": ["ETH-USD"], "id": 99})
-    assert reply == {"type": "subscribed", "topics": ["ETH-USD"], "id": 99}
+    assert reply == {
+        "type": "subscribed",
+        "topics": ["ETH-USD"],
+        "positions": {"ETH-USD": {"seq": 0, "epoch": ""}},
+        "id": 99,
+    }
     await gw.publish("ticker", "ETH-USD", {"usable": True})
     await expect_update(ws, "ticker", "ETH-USD", 1, {"usable": True})
 
@@ -372,7 +377,12 @@ async def test_repeated_topic_counts_once_against_max_topics(
     gw = await start_gateway(max_topics=3)
     async with websockets.connect(gw.ws_url("ticker")) as ws:
         reply = await request(ws, {"type": SUB, "topics": ["BTC-USD"] * 4, "id": 6})
-        assert reply == {"type": "subscribed", "topics": ["BTC-USD"], "id": 6}
+        assert reply == {
+            "type": "subscribed",
+            "topics": ["BTC-USD"],
+            "positions": {"BTC-USD": {"seq": 0, "epoch": ""}},
+            "id": 6,
+        }
 
 
 async def test_integer_id_boundaries_are_echoed(gw: RunningGateway) -> None:
@@ -416,7 +426,12 @@ async def test_subscribing_to_another_users_id_is_forbidden(
         pong = await request(alice, {"type": "ping", "id": 5})
         assert (pong["type"], pong["id"]) == ("pong", 5)
         reply = await request(alice, {"type": SUB, "topics": ["*"], "id": 6})
-        assert reply == {"type": "subscribed", "topics": ["alice"], "id": 6}
+        assert reply == {
+            "type": "subscribed",
+            "topics": ["alice"],
+            "positions": {"alice": {"seq": 0, "epoch": ""}},
+            "id": 6,
+        }
         # bob's message reaches bob only; alice's next frame is her own message
         await gw.publish("user", "bob", {"for": "bob"})
         await gw.publish("user", "alice", {"for": "alice"})

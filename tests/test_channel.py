@@ -49,6 +49,7 @@ from .fakes import (
     decode_frames,
     make_channel,
     make_update,
+    subscribe,
 )
 
 SENT = "wsgateway_messages_sent_total"
@@ -135,8 +136,8 @@ async def test_broadcast_reaches_every_subscriber_once_with_the_spec_shape() -> 
     subscribers = [h.open(f"10.0.0.{i}") for i in range(3)]
     other, idle = h.open("10.0.1.1"), h.open("10.0.1.2")
     for client in subscribers:
-        h.channel.subscribe(client.conn, ["BTC-USD"])
-    h.channel.subscribe(other.conn, ["ETH-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
+    subscribe(h.channel, other.conn, ["ETH-USD"])
 
     queued = h.channel.broadcast(make_update("BTC-USD", 42, {"price": 1.5, "size": [1, 2]}))
     assert queued == 3
@@ -163,8 +164,8 @@ async def test_broadcast_reaches_every_subscriber_once_with_the_spec_shape() -> 
 async def test_wildcard_subscriber_gets_every_topic_in_order() -> None:
     h = make_channel()
     everything, btc = h.open(), h.open()
-    h.channel.subscribe(everything.conn, ["*"])
-    h.channel.subscribe(btc.conn, ["BTC-USD"])
+    subscribe(h.channel, everything.conn, ["*"])
+    subscribe(h.channel, btc.conn, ["BTC-USD"])
 
     assert h.channel.broadcast(make_update("BTC-USD", 1)) == 2
     assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1
@@ -188,7 +189,7 @@ async def test_wildcard_plus_topic_gets_each_update_once(topic_lists: list[list[
     h = make_channel()
     client = h.open()
     for topics in topic_lists:
-        h.channel.subscribe(client.conn, topics)
+        subscribe(h.channel, client.conn, topics)
 
     assert h.channel.broadcast(make_update("BTC-USD", 1)) == 1
     assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1
@@ -202,8 +203,8 @@ async def test_wildcard_plus_topic_gets_each_update_once(topic_lists: list[list[
 async def test_unsubscribing_wildcard_restores_topic_subscriptions() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD", "SOL-USD"])
-    h.channel.subscribe(client.conn, ["*"])
+    subscribe(h.channel, client.conn, ["BTC-USD", "SOL-USD"])
+    subscribe(h.channel, client.conn, ["*"])
 
     assert h.channel.unsubscribe(client.conn, ["*"]) == ("*",)
     assert client.conn.topics == {"BTC-USD", "SOL-USD"}
@@ -221,7 +222,7 @@ async def test_unsubscribing_wildcard_restores_topic_subscriptions() -> None:
 async def test_unsubscribing_wildcard_and_topic_together_leaves_nothing(order: list[str]) -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD", "*"])
+    subscribe(h.channel, client.conn, ["BTC-USD", "ETH-USD", "*"])
 
     h.channel.unsubscribe(client.conn, order)
     assert client.conn.topics == {"ETH-USD"}
@@ -236,7 +237,7 @@ async def test_unsubscribing_wildcard_and_topic_together_leaves_nothing(order: l
 async def test_unsubscribing_a_topic_under_wildcard_keeps_every_topic() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD", "*"])
+    subscribe(h.channel, client.conn, ["BTC-USD", "*"])
     h.channel.unsubscribe(client.conn, ["BTC-USD"])
 
     assert h.channel.broadcast(make_update("BTC-USD", 1)) == 1
@@ -251,7 +252,7 @@ async def test_unsubscribing_a_topic_under_wildcard_keeps_every_topic() -> None:
 async def test_large_updates_are_framed_with_extended_lengths() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     medium, large = "m" * 300, "L" * 70_000
 
     h.channel.broadcast(make_update("BTC-USD", 1, {"blob": medium}))
@@ -273,7 +274,7 @@ async def test_a_burst_in_one_turn_is_one_write_per_connection_in_seq_order() ->
     h = make_channel()
     clients = [h.open(f"10.0.0.{i}") for i in range(3)]
     for client in clients:
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
 
     for seq in range(1, 6):
         h.channel.broadcast(make_update("BTC-USD", seq))
@@ -297,7 +298,7 @@ async def test_a_burst_in_one_turn_is_one_write_per_connection_in_seq_order() ->
 async def test_a_write_delay_holds_the_flush_and_batches_later_turns() -> None:
     h = make_channel(write_delay=0.02)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     loop = asyncio.get_running_loop()
     h.channel.broadcast(make_update("BTC-USD", 1))
     scheduled = h.channel._flush_handle
@@ -318,7 +319,7 @@ async def test_a_lagging_client_keeps_shared_frames_until_its_transport_drains()
     h = make_channel()
     lagging, fast = h.open("10.0.0.1"), h.open("10.0.0.2")
     for client in (lagging, fast):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     lagging.transport.buffer_size = HOLD_BYTES + 1  # the kernel stopped taking its bytes
     await next_turn()
@@ -351,7 +352,7 @@ async def test_a_lagging_client_keeps_shared_frames_until_its_transport_drains()
 async def test_replies_keep_their_order_relative_to_updates() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
 
     h.channel.broadcast(make_update("BTC-USD", 1))
     h.channel.send(client.conn, protocol.subscribed(("ETH-USD",), 7))
@@ -399,7 +400,7 @@ async def test_a_slow_consumer_lags_then_is_closed_1013_after_its_grace() -> Non
     fast = h.open("10.0.0.1")
     slow = h.open("10.0.0.2", transport=FakeTransport(buffer_size=1000, stopped=True))
     for client in (fast, slow):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     h.clock.advance(5.0)
 
     assert h.channel.broadcast(make_update("BTC-USD", 1)) == 2
@@ -438,7 +439,7 @@ async def test_a_slow_consumer_lags_then_is_closed_1013_after_its_grace() -> Non
 async def test_a_client_that_takes_a_burst_stops_lagging_and_is_never_cut() -> None:
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=0.5)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     for seq in range(1, 9):  # 8 x 256 bytes in one turn: twice the limit
         assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
     assert h.channel.lagging
@@ -463,7 +464,7 @@ async def test_a_client_that_takes_a_burst_stops_lagging_and_is_never_cut() -> N
 async def test_a_burst_past_the_hard_cap_drops_the_client_and_its_queue_at_once() -> None:
     h = make_channel(max_outbox_bytes=1024)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
 
     for seq in range(1, 5):  # 4 x 256 bytes: exactly at the limit, still fine
         assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
@@ -491,7 +492,7 @@ async def test_slow_consumer_limit_counts_transport_buffer_plus_outbox(
     limit, size = 1024, 200
     h = make_channel(max_outbox_bytes=limit)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(update_of_size(size, seq=1))
     await next_turn()
     # It stops reading: what the kernel did not take stays in the transport's buffer.
@@ -519,7 +520,7 @@ async def test_slow_consumer_limit_counts_transport_buffer_plus_outbox(
 async def test_a_stale_backlog_does_not_make_a_false_slow_consumer() -> None:
     h = make_channel(max_outbox_bytes=1024)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     client.transport.buffer_size = 1000
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
@@ -560,7 +561,7 @@ async def test_a_reply_that_overflows_the_outbox_lags_and_is_cut_too() -> None:
 async def test_pace_writes_what_is_queued_at_once_even_with_a_write_delay() -> None:
     h = make_channel(write_delay=0.05)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     assert h.channel.turn_bytes > 0
     scheduled = h.channel._flush_handle
@@ -577,7 +578,7 @@ async def test_pace_writes_what_is_queued_at_once_even_with_a_write_delay() -> N
 async def test_pace_waits_while_a_client_lags_and_returns_once_it_catches_up() -> None:
     h = make_channel(max_outbox_bytes=1024)
     lagging = h.open(transport=FakeTransport(buffer_size=2000, stopped=True))
-    h.channel.subscribe(lagging.conn, ["BTC-USD"])
+    subscribe(h.channel, lagging.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     pacing = asyncio.create_task(h.channel.pace())
     await after_retry()
@@ -594,7 +595,7 @@ async def test_pace_waits_while_a_client_lags_and_returns_once_it_catches_up() -
 async def test_a_reader_that_trickles_just_under_the_limit_still_lags_and_is_cut() -> None:
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
     client = h.open(transport=FakeTransport(buffer_size=2000, stopped=True))
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     pacing = asyncio.create_task(h.channel.pace())
     await after_retry()
@@ -614,7 +615,7 @@ async def test_pace_waits_for_a_stopped_reader_one_check_only_and_it_is_still_cu
     fast = h.open("10.0.0.1")
     stopped = h.open("10.0.0.2", transport=FakeTransport(buffer_size=2000, stopped=True))
     for client in (stopped, fast):
-        h.channel.subscribe(client.conn, ["*"])
+        subscribe(h.channel, client.conn, ["*"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     pacing = asyncio.create_task(h.channel.pace())
     await after_retry()
@@ -646,7 +647,7 @@ async def test_pace_waits_for_a_reader_that_drains_fast_enough_until_it_catches_
     # 768 B/s, 3.84 bytes per 5 ms check. Taking 4 per check is on course.
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
     client = h.open(transport=FakeTransport(buffer_size=2048 - FRAME, stopped=True))
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     pacing = asyncio.create_task(h.channel.pace())
     for _ in range(5):
@@ -666,7 +667,7 @@ async def test_pace_waits_for_a_reader_that_drains_fast_enough_until_it_catches_
 async def test_pace_does_not_wait_for_a_reader_that_trickles() -> None:
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
     client = h.open(transport=FakeTransport(buffer_size=2048 - FRAME, stopped=True))
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     pacing = asyncio.create_task(h.channel.pace())
     await after_retry()
@@ -682,7 +683,7 @@ async def test_a_reader_that_slows_down_is_no_longer_waited_for_then_again_if_it
 ):
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
     client = h.open(transport=FakeTransport(buffer_size=2048 - FRAME, stopped=True))
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
     assert h.channel.waiting
@@ -707,7 +708,7 @@ async def test_frames_added_while_a_reader_is_not_waited_for_do_not_hide_its_rat
     h = make_channel(max_outbox_bytes=1024, slow_consumer_grace=2.0)
     rule = SlowConsumerRule(1024, 2.0)
     client = h.open(transport=FakeTransport(buffer_size=1500 - FRAME, stopped=True))
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
     h.clock.advance(0.5)
@@ -738,7 +739,7 @@ async def test_only_the_reader_on_course_holds_pace_wherever_the_stopped_ones_ar
     ]
     draining = clients[position]
     for client in clients:
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     pacing = asyncio.create_task(h.channel.pace())
     for _ in range(3):
@@ -759,7 +760,7 @@ async def test_a_reader_not_waited_for_is_cut_at_the_hard_cap_before_its_grace()
     fast = h.open("10.0.0.1")
     stopped = h.open("10.0.0.2", transport=FakeTransport(buffer_size=1100, stopped=True))
     for client in (fast, stopped):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
     h.clock.advance(HOLD_RETRY_SECONDS)
@@ -784,7 +785,7 @@ async def test_a_write_that_raises_counts_failed_frames_and_closes_1011() -> Non
     h = make_channel()
     broken, healthy = h.open("10.0.0.1"), h.open("10.0.0.2")
     for client in (broken, healthy):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     broken.transport.write_error = ConnectionResetError("peer reset")
     h.clock.advance(12.5)
 
@@ -814,7 +815,7 @@ async def test_a_closing_transport_gets_nothing_and_its_frames_count_as_failed()
     h = make_channel()
     gone, healthy = h.open("10.0.0.1"), h.open("10.0.0.2")
     for client in (gone, healthy):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     gone.transport.closing = True
 
     h.channel.broadcast(make_update("BTC-USD", 1))
@@ -838,7 +839,7 @@ async def test_remove_counts_what_was_still_queued() -> None:
     h = make_channel()
     leaving, staying = h.open("10.0.0.1"), h.open("10.0.0.2")
     for client in (leaving, staying):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     h.channel.broadcast(make_update("BTC-USD", 2))
 
@@ -1048,10 +1049,10 @@ def test_release_gives_the_reservation_back() -> None:
 async def test_max_topics_holds_across_calls_and_a_refusal_changes_nothing() -> None:
     h = make_channel(max_topics=3)
     client = h.open()
-    assert h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD"]) == ("BTC-USD", "ETH-USD")
+    assert subscribe(h.channel, client.conn, ["BTC-USD", "ETH-USD"]) == ("BTC-USD", "ETH-USD")
 
     with pytest.raises(TooManyTopics) as caught:
-        h.channel.subscribe(client.conn, ["SOL-USD", "ADA-USD"])
+        subscribe(h.channel, client.conn, ["SOL-USD", "ADA-USD"])
     assert caught.value.code == "too_many_topics"
     assert caught.value.message == "at most 3 topics per connection"
     assert client.conn.topics == {"BTC-USD", "ETH-USD"}
@@ -1059,13 +1060,13 @@ async def test_max_topics_holds_across_calls_and_a_refusal_changes_nothing() -> 
     assert h.channel.broadcast(make_update("SOL-USD", 1)) == 0
 
     # Topics already held do not count again.
-    assert h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD", "SOL-USD"]) == (
+    assert subscribe(h.channel, client.conn, ["BTC-USD", "ETH-USD", "SOL-USD"]) == (
         "BTC-USD",
         "ETH-USD",
         "SOL-USD",
     )
     with pytest.raises(TooManyTopics):
-        h.channel.subscribe(client.conn, ["*"])  # the wildcard is a topic too
+        subscribe(h.channel, client.conn, ["*"])  # the wildcard is a topic too
     assert client.conn.all_topics is False
     assert h.channel.state() == ChannelState("ticker", 1, 3, 3, 0)
     assert h.channel.broadcast(make_update("ADA-USD", 1)) == 0
@@ -1077,8 +1078,8 @@ async def test_max_topics_holds_across_calls_and_a_refusal_changes_nothing() -> 
 def test_a_topic_repeated_in_one_call_counts_once() -> None:
     h = make_channel(max_topics=2)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
-    assert h.channel.subscribe(client.conn, ["ETH-USD", "ETH-USD"]) == ("ETH-USD",)
+    subscribe(h.channel, client.conn, ["BTC-USD"])
+    assert subscribe(h.channel, client.conn, ["ETH-USD", "ETH-USD"]) == ("ETH-USD",)
     assert client.conn.topics == {"BTC-USD", "ETH-USD"}
 
 
@@ -1088,19 +1089,19 @@ async def test_private_channel_allows_only_the_users_own_topic() -> None:
     bob = h.open("10.0.0.2", user="bob")
     anonymous = h.open("10.0.0.3")
 
-    assert h.channel.subscribe(alice.conn, ["*"]) == ("alice",)  # "*" means "all of mine"
-    assert h.channel.subscribe(alice.conn, ["alice"]) == ("alice",)
-    assert h.channel.subscribe(bob.conn, ["bob"]) == ("bob",)
+    assert subscribe(h.channel, alice.conn, ["*"]) == ("alice",)  # "*" means "all of mine"
+    assert subscribe(h.channel, alice.conn, ["alice"]) == ("alice",)
+    assert subscribe(h.channel, bob.conn, ["bob"]) == ("bob",)
     for topics in (["bob"], ["alice", "bob"], ["*", "carol"]):
         with pytest.raises(ForbiddenTopic) as caught:
-            h.channel.subscribe(alice.conn, topics)
+            subscribe(h.channel, alice.conn, topics)
         assert caught.value.code == "forbidden_topic"
         assert caught.value.message == (
             "on the user channel you may subscribe only to your own user id"
         )
     for topics in (["*"], ["alice"]):
         with pytest.raises(ForbiddenTopic):
-            h.channel.subscribe(anonymous.conn, topics)
+            subscribe(h.channel, anonymous.conn, topics)
     with pytest.raises(ForbiddenTopic):
         h.channel.unsubscribe(alice.conn, ["bob"])
 
@@ -1144,7 +1145,7 @@ async def test_thousands_of_connection_cycles_leave_nothing_behind() -> None:
         topics = [f"SYM-{i % 701}", f"SYM-{i * 7 % 997}"]
         if i % 10 == 0:
             topics.append("*")
-        channel.subscribe(client.conn, topics)
+        subscribe(channel, client.conn, topics)
         if i % 13 == 0:
             channel.unsubscribe(client.conn, topics[:1])
         channel.broadcast(make_update(topics[0], i))
@@ -1207,7 +1208,7 @@ async def test_close_all_flushes_outboxes_then_closes_every_connection() -> None
     h = make_channel()
     clients = [h.open(f"10.0.0.{i}") for i in range(3)]
     for client in clients:
-        h.channel.subscribe(client.conn, ["BTC-USD", "*"])
+        subscribe(h.channel, client.conn, ["BTC-USD", "*"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     h.channel.broadcast(make_update("ETH-USD", 1))
 
@@ -1232,7 +1233,7 @@ async def test_close_all_flushes_outboxes_then_closes_every_connection() -> None
 async def test_close_writes_queued_frames_before_asking_to_close() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     h.channel.send(client.conn, protocol.pong(3, 2.0))
     seen_at_close: list[list[Any]] = []
@@ -1250,7 +1251,7 @@ async def test_close_writes_queued_frames_before_asking_to_close() -> None:
 async def test_close_on_a_closing_transport_counts_the_queue_as_lost() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     h.channel.broadcast(make_update("BTC-USD", 2))
     client.transport.closing = True
@@ -1269,7 +1270,7 @@ async def test_close_all_survives_a_transport_whose_write_raises() -> None:
     h = make_channel()
     clients = [h.open(f"10.0.0.{i}") for i in range(3)]
     for client in clients:
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
         client.transport.write_error = ConnectionResetError("peer reset")
     h.channel.broadcast(make_update("BTC-USD", 1))
 
@@ -1288,8 +1289,8 @@ async def test_metrics_count_each_broadcast_once_and_each_written_frame() -> Non
     btc = [h.open(f"10.0.0.{i}") for i in range(3)]
     eth = h.open("10.0.1.1")
     for client in btc:
-        h.channel.subscribe(client.conn, ["BTC-USD"])
-    h.channel.subscribe(eth.conn, ["ETH-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
+    subscribe(h.channel, eth.conn, ["ETH-USD"])
 
     for seq in range(1, 5):
         assert h.channel.broadcast(make_update("BTC-USD", seq)) == 3
@@ -1312,7 +1313,7 @@ async def test_metrics_count_each_broadcast_once_and_each_written_frame() -> Non
 async def test_state_reports_queued_and_buffered_bytes() -> None:
     h = make_channel()
     client = h.open(transport=FakeTransport(buffer_size=300))
-    h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD", "ETH-USD"])
     h.channel.broadcast(update_of_size(150, "BTC-USD"))
     h.channel.broadcast(update_of_size(170, "ETH-USD"))
 
@@ -1351,7 +1352,7 @@ async def test_with_nothing_queued_the_flush_writes_straight_to_the_socket(
     direct = h.open("10.0.0.1", fd=ours.fileno())
     plain = h.open("10.0.0.2")
     for client in (direct, plain):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     h.channel.broadcast(make_update("BTC-USD", 2))
     await next_turn()
@@ -1372,7 +1373,7 @@ async def test_bytes_queued_in_the_transport_keep_every_write_in_the_transport(
     ours, peer = socket_pair
     h = make_channel()
     client = h.open("10.0.0.1", transport=FakeTransport(buffer_size=10), fd=ours.fileno())
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
 
@@ -1389,7 +1390,7 @@ async def test_what_the_kernel_does_not_take_goes_through_the_transport_in_order
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     h = make_channel(max_outbox_bytes=4_000_000)
     client = h.open("10.0.0.1", fd=ours.fileno())
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1, {"blob": "x" * 1_000_000}))
     await next_turn()
 
@@ -1411,7 +1412,7 @@ async def test_a_dead_peer_leaves_the_write_and_the_failure_to_the_transport(
     peer.close()  # write(2) now fails with EPIPE
     h = make_channel()
     client = h.open("10.0.0.1", fd=ours.fileno())
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
 
@@ -1477,7 +1478,7 @@ async def test_the_others_get_every_frame_wherever_the_odd_connection_is(
     limit = 4 * HOLD_BYTES
     h = make_channel(max_outbox_bytes=limit)
     for i in range(5):
-        h.channel.subscribe(h.open(f"10.0.0.{i}").conn, ["BTC-USD"])
+        subscribe(h.channel, h.open(f"10.0.0.{i}").conn, ["BTC-USD"])
     odd = fanout_order(h, "BTC-USD")[POSITIONS[position]]
     others = [client for client in h.clients if client is not odd]
     if kind == "direct":  # its frames go straight to a socket and skip the transport
@@ -1532,7 +1533,7 @@ async def test_counts_add_up_over_several_connections_of_one_kind(kind: str) -> 
             client.transport.closing = kind == "closing"
             if kind == "failing":
                 client.transport.write_error = BrokenPipeError()
-            h.channel.subscribe(client.conn, ["BTC-USD"])
+            subscribe(h.channel, client.conn, ["BTC-USD"])
         burst = [make_update("BTC-USD", seq) for seq in (1, 2)]
         for update in burst:
             h.channel.broadcast(update)
@@ -1550,7 +1551,7 @@ async def test_counts_add_up_over_several_connections_of_one_kind(kind: str) -> 
 async def test_a_lag_that_outlasts_several_retries_is_delivered_when_each_client_drains() -> None:
     h = make_channel()
     for i in range(5):
-        h.channel.subscribe(h.open(f"10.0.0.{i}").conn, ["BTC-USD"])
+        subscribe(h.channel, h.open(f"10.0.0.{i}").conn, ["BTC-USD"])
     order = fanout_order(h, "BTC-USD")
     lagging = [order[0], order[2], order[4]]  # first, middle and last of the walk
     retries = count_retries(h)
@@ -1583,7 +1584,7 @@ async def test_a_lag_that_outlasts_several_retries_is_delivered_when_each_client
 async def test_a_transport_drained_to_hold_bytes_gets_writes_and_no_retry() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     client.transport.buffer_size = HOLD_BYTES + 1
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
@@ -1602,7 +1603,7 @@ async def test_removing_a_held_connection_leaves_nothing_behind() -> None:
     h = make_channel()
     held, other = h.open("10.0.0.1"), h.open("10.0.0.2")
     for client in (held, other):
-        h.channel.subscribe(client.conn, ["BTC-USD", "*"])
+        subscribe(h.channel, client.conn, ["BTC-USD", "*"])
     retries = count_retries(h)
     h.channel.broadcast(make_update("BTC-USD", 1))
     held.transport.buffer_size = HOLD_BYTES + 1
@@ -1631,8 +1632,8 @@ async def test_removing_a_held_connection_leaves_nothing_behind() -> None:
 async def test_subscribe_all_then_unsubscribe_all_then_a_topic_gets_only_that_topic() -> None:
     h = make_channel()
     client, bystander = h.open("10.0.0.1"), h.open("10.0.0.2")
-    h.channel.subscribe(bystander.conn, ["ETH-USD"])
-    assert h.channel.subscribe(client.conn, ["*"]) == ("*",)
+    subscribe(h.channel, bystander.conn, ["ETH-USD"])
+    assert subscribe(h.channel, client.conn, ["*"]) == ("*",)
     assert h.channel.unsubscribe(client.conn, ["*"]) == ("*",)
     assert client.conn.all_topics is False
     assert client.conn.topics == set()
@@ -1643,7 +1644,7 @@ async def test_subscribe_all_then_unsubscribe_all_then_a_topic_gets_only_that_to
         "topics": 1,
     }
 
-    assert h.channel.subscribe(client.conn, ["BTC-USD"]) == ("BTC-USD",)
+    assert subscribe(h.channel, client.conn, ["BTC-USD"]) == ("BTC-USD",)
     assert h.channel.broadcast(make_update("BTC-USD", 1)) == 1
     assert h.channel.broadcast(make_update("ETH-USD", 1)) == 1  # the bystander's
     assert h.channel.broadcast(make_update("SOL-USD", 1)) == 0
@@ -1652,7 +1653,7 @@ async def test_subscribe_all_then_unsubscribe_all_then_a_topic_gets_only_that_to
     assert updates(bystander) == [("ETH-USD", 1)]
 
     # And back: "*" again, then dropping both, leaves the client with nothing.
-    h.channel.subscribe(client.conn, ["*"])
+    subscribe(h.channel, client.conn, ["*"])
     assert h.channel.broadcast(make_update("SOL-USD", 2)) == 1
     h.channel.unsubscribe(client.conn, ["*", "BTC-USD"])
     assert h.channel.broadcast(make_update("BTC-USD", 2)) == 0
@@ -1700,7 +1701,7 @@ async def test_close_frees_the_outbox_and_logs_a_failed_final_write(
     h = make_channel()
     written, broken = h.open("10.0.0.1"), h.open("10.0.0.2")
     for client in (written, broken):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     broken.transport.write_error = ConnectionResetError("peer reset")
     h.channel.broadcast(make_update("BTC-USD", 1))
     caplog.set_level(logging.DEBUG, logger="wsgateway.channel")
@@ -1724,7 +1725,7 @@ async def test_a_failed_flush_write_is_logged_with_its_traceback(
 ) -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     client.transport.write_error = ConnectionResetError("peer reset")
     caplog.set_level(logging.DEBUG, logger="wsgateway.channel")
     h.channel.broadcast(make_update("BTC-USD", 1))
@@ -1740,7 +1741,7 @@ async def test_a_slow_consumer_keeps_no_queued_bytes() -> None:
     h = make_channel(max_outbox_bytes=1024)
     # 2,000 bytes the kernel will not take: one more frame passes the hard cap (2 x 1024).
     client = h.open(transport=FakeTransport(buffer_size=2000))
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
     await next_turn()
     h.channel.broadcast(make_update("BTC-USD", 2))
@@ -1754,7 +1755,7 @@ async def test_a_frame_that_fills_the_outbox_exactly_is_queued_after_a_stale_bac
     limit, size = 1024, 200
     h = make_channel(max_outbox_bytes=limit)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     client.transport.buffer_size = 1000
     h.channel.broadcast(update_of_size(size, seq=1))
     await next_turn()  # the cached backlog says 1000: the next frame looks too much
@@ -1781,7 +1782,7 @@ async def test_delivery_latency_is_observed_once_per_update_at_the_flush() -> No
     h = make_channel()
     clients = [h.open(f"10.0.0.{i}") for i in range(3)]
     for client in clients:
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     h.clock.advance(0.25)  # the wall clock when the flush writes
     h.channel.broadcast(make_update("BTC-USD", 1, ts=EPOCH))
     h.channel.broadcast(make_update("BTC-USD", 2, ts=EPOCH + 0.125))
@@ -1814,7 +1815,7 @@ async def test_what_a_lagging_client_takes_straight_from_the_socket_counts_as_ta
     ours, peer = socket_pair
     h = make_channel(max_outbox_bytes=1024)
     client = h.open(fd=ours.fileno())
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(update_of_size(256, seq=1))
     await next_turn()
     assert client.conn.taken_bytes() == 0  # not counted while it does not lag
@@ -1839,7 +1840,7 @@ async def test_what_a_lagging_client_takes_adds_up_over_several_writes(
     ours, peer = socket_pair
     h = make_channel(max_outbox_bytes=1024)
     client = h.open(fd=ours.fileno() if direct else -1)
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(update_of_size(256, seq=1))
     await next_turn()
     for seq in range(2, 10):  # 8 x 256 bytes in one turn: it lags
@@ -1873,7 +1874,7 @@ def test_a_refused_admission_logs_the_client_address(caplog: pytest.LogCaptureFi
 async def test_unsubscribing_a_topic_named_twice_still_drops_the_topics_after_it() -> None:
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD", "SOL-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD", "ETH-USD", "SOL-USD"])
     h.channel.unsubscribe(client.conn, ["BTC-USD", "BTC-USD", "ETH-USD"])
     for seq, topic in enumerate(["BTC-USD", "ETH-USD", "SOL-USD"], start=1):
         h.channel.broadcast(make_update(topic, seq))
@@ -1890,7 +1891,7 @@ async def test_a_client_lags_from_the_frame_that_takes_it_past_the_limit(
     # lags at once, so the relay waits for it before it queues the next slice.
     h = make_channel(max_outbox_bytes=1024)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     for seq in range(1, frames + 1):
         assert h.channel.broadcast(update_of_size(256, seq=seq)) == 1
     assert h.channel.lagging is lags
@@ -1906,7 +1907,7 @@ async def test_a_client_exactly_at_the_limit_after_a_stale_backlog_does_not_lag(
     limit, size = 1024, 200
     h = make_channel(max_outbox_bytes=limit)
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     client.transport.buffer_size = 1000
     h.channel.broadcast(update_of_size(size, seq=1))
     await next_turn()  # the cached backlog says 1000
@@ -1920,7 +1921,7 @@ async def test_turn_bytes_counts_the_frames_queued_since_the_last_flush() -> Non
     # What the relay reads to cut a burst into slices of max_outbox_bytes // 4.
     h = make_channel()
     client = h.open()
-    h.channel.subscribe(client.conn, ["BTC-USD"])
+    subscribe(h.channel, client.conn, ["BTC-USD"])
     assert h.channel.turn_bytes == 0
     h.channel.broadcast(update_of_size(300, seq=1))
     h.channel.broadcast(update_of_size(200, "ETH-USD", seq=1))  # nobody to queue it for
@@ -1938,7 +1939,7 @@ async def test_a_held_lagging_client_costs_one_retry_per_interval() -> None:
     stuck = h.open("10.0.0.1", transport=FakeTransport(buffer_size=HOLD_BYTES + 1))
     fast = h.open("10.0.0.2")
     for client in (stuck, fast):
-        h.channel.subscribe(client.conn, ["BTC-USD"])
+        subscribe(h.channel, client.conn, ["BTC-USD"])
     retries = count_retries(h)
     for seq in range(1, 6):
         h.channel.broadcast(make_update("BTC-USD", seq))

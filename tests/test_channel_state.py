@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from wsgateway.brokers.base import Update
 from wsgateway.errors import ClientError
 
-from .fakes import EPOCH, FakeTransport, Harness, make_channel, open_connection
+from .fakes import EPOCH, FakeTransport, Harness, make_channel, open_connection, subscribe
 
 TOPICS = ["A", "B", "C", "*"]
 
@@ -54,7 +54,7 @@ def test_subscription_count_equals_a_recount(operations: list[tuple[Any, ...]]) 
         if op[0] == "subscribe":
             # too many topics: refused whole, nothing changes
             with contextlib.suppress(ClientError):
-                harness.channel.subscribe(conn, op[2])
+                subscribe(harness.channel, conn, op[2])
         elif op[0] == "unsubscribe":
             harness.channel.unsubscribe(conn, op[2])
         elif op[0] == "remove":
@@ -70,9 +70,9 @@ def test_subscription_count_equals_a_recount(operations: list[tuple[Any, ...]]) 
 def test_wildcard_then_topic_sequence_keeps_the_count() -> None:
     harness = make_channel()
     conn = open_connection(harness).conn
-    harness.channel.subscribe(conn, ["*"])
+    subscribe(harness.channel, conn, ["*"])
     harness.channel.unsubscribe(conn, ["*", "*"])  # named twice: dropped once
-    harness.channel.subscribe(conn, ["A", "A", "B"])
+    subscribe(harness.channel, conn, ["A", "A", "B"])
     assert figures(harness)[0] == recount(harness)[0] == 2
     harness.channel.unsubscribe(conn, ["A", "Z"])
     assert figures(harness)[0] == 1
@@ -84,7 +84,7 @@ async def test_outbox_bytes_equal_a_recount_before_and_after_the_flush(buffered:
     transports = [FakeTransport() for _ in range(3)]
     clients = [open_connection(harness, transport=t) for t in transports]
     for client in clients:
-        harness.channel.subscribe(client.conn, ["A"])
+        subscribe(harness.channel, client.conn, ["A"])
     update = Update(channel="ticker", topic="A", seq=1, ts=EPOCH, data={"p": 1})
     harness.channel.broadcast(update)
     assert figures(harness) == recount(harness)

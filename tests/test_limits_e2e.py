@@ -234,11 +234,13 @@ async def test_user_channel_delivers_only_own_messages(start_gateway: StartGatew
     assert await request(alice, {"type": "subscribe", "topics": ["*"], "id": 1}) == {
         "type": "subscribed",
         "topics": ["alice"],
+        "positions": {"alice": {"seq": 0, "epoch": ""}},
         "id": 1,
     }
     assert await request(bob, {"type": "subscribe", "topics": ["bob"], "id": 1}) == {
         "type": "subscribed",
         "topics": ["bob"],
+        "positions": {"bob": {"seq": 0, "epoch": ""}},
         "id": 1,
     }
     await gw.publish("user", "alice", {"order": 1})

@@ -19,6 +19,8 @@ from wsgateway.metrics import (
     FAIL_REASONS,
     RATE_LIMITS,
     REJECT_REASONS,
+    REPAIR_OUTCOMES,
+    RESUME_OUTCOMES,
 )
 from wsgateway.settings import LIMIT_NAMES
 
@@ -175,6 +177,7 @@ async def test_labels_come_only_from_closed_sets(gw: RunningGateway) -> None:
         "code": set(CLIENT_ERROR_CODES),
         "limit": set(RATE_LIMITS),
         "setting": set(LIMIT_NAMES),
+        "outcome": {*RESUME_OUTCOMES, *REPAIR_OUTCOMES},
         "le": set(),  # histogram buckets: any number
     }
     for (name, labels), _ in parse((await scrape(gw))[1]).items():

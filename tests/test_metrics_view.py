@@ -248,6 +248,10 @@ def test_limits_and_rate_limits_come_from_the_limit_gauge() -> None:
         "heartbeat": 2.5,
         "write_delay": 0.0,
         "slow_consumer_grace": 2.0,
+        "history_size": 100,
+        "history_ttl": 300.0,
+        "topic_ttl": 86400.0,
+        "max_replay": 1000,
     }
     assert isinstance(ticker["limits"]["max_topics"], int)
     assert view["managers"]["market"]["rate_limits"] == {

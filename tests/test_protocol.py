@@ -607,6 +607,16 @@ def test_subscribed_frame() -> None:
     }
 
 
+def test_subscribed_frame_carries_the_positions_given() -> None:
+    positions = {"BTC-USD": {"seq": 41, "epoch": "e1", "recovered": True}}
+    assert json.loads(subscribed(("BTC-USD",), 7, positions)) == {
+        "type": "subscribed",
+        "topics": ["BTC-USD"],
+        "positions": positions,
+        "id": 7,
+    }
+
+
 def test_subscribed_frame_without_id_has_no_id() -> None:
     assert json.loads(subscribed(("*",), None)) == {"type": "subscribed", "topics": ["*"]}
 

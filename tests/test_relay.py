@@ -17,7 +17,7 @@ from wsgateway.gateway import Gateway
 from wsgateway.settings import Limits, Settings
 
 from .conftest import until
-from .fakes import Client, FakeTransport, RecordingCloser, decode_frames
+from .fakes import Client, FakeTransport, RecordingCloser, decode_frames, subscribe
 
 LIMIT = 4096
 
@@ -32,7 +32,7 @@ class Relay:
         closer = RecordingCloser()
         channel.admit("10.0.0.1")
         conn = channel.open(transport, closer, "10.0.0.1")
-        channel.subscribe(conn, ["*"])
+        subscribe(channel, conn, ["*"])
         return Client(conn, transport, closer, "10.0.0.1")
 
 

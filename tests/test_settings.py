@@ -35,6 +35,11 @@ EXTRA_LIMITS: dict[str, float] = {
     # the channel's handshake budget: 10,000 clients dropped at once are back in ~10 s
     "handshakes_per_second": 1000,
     "handshake_burst": 1000,
+    # history and resume (brokers/base.py)
+    "history_size": 100,
+    "history_ttl": 300.0,
+    "topic_ttl": 86_400.0,
+    "max_replay": 1000,
 }
 
 PUBLISH_TOKEN = "publish-token-Zq8v1XkP"
@@ -654,21 +659,27 @@ def test_channel_list_and_channels_table_together_is_invalid_toml(tmp_path: Path
     assert "not valid TOML" in str(error)
 
 
-@pytest.mark.parametrize(
-    "broker", ["redis://localhost:6379/0", "rediss://cache:6380/1", "kafka://x", "memory"]
-)
-def test_non_memory_broker_is_refused(broker: str) -> None:
+@pytest.mark.parametrize("broker", ["kafka://x", "memory", "redis", "http://r:6379"])
+def test_unknown_broker_schemes_are_refused(broker: str) -> None:
     error = settings_error(flags={"broker": broker})
     assert_names(error, "broker", broker)
-    assert "memory://" in str(error)
+    assert "memory://" in str(error) and "redis://" in str(error)
 
 
-def test_redis_broker_from_env_is_refused() -> None:
-    assert_names(
-        settings_error(env={"WSGATEWAY_BROKER": "redis://r:6379/0"}),
-        "broker",
-        "redis://r:6379/0",
-    )
+@pytest.mark.parametrize(
+    "broker",
+    ["redis://localhost:6379/0", "rediss://cache:6380/1", "unix:///run/redis.sock", "memory://"],
+)
+def test_memory_and_redis_brokers_are_accepted(broker: str) -> None:
+    assert load_settings(env={"WSGATEWAY_BROKER": broker}).broker == broker
+
+
+def test_several_workers_need_a_shared_broker() -> None:
+    error = settings_error(flags={"workers": 2})
+    assert error.setting == "workers"
+    assert "shared broker" in str(error)
+    settings = load_settings(flags={"workers": 2, "broker": "redis://r:6379/0"})
+    assert settings.workers == 2
 
 
 # -- secrets stay out of repr ----------------------------------------------------------------
@@ -1107,10 +1118,10 @@ CONFIGURED = "market, ticker, orderbook, trades, user"
             id="empty-broker",
         ),
         pytest.param(
-            {"env": {"WSGATEWAY_BROKER": "redis://localhost"}},
-            "bad setting broker='redis://localhost': "
-            "allowed: memory:// (redis:// is not built yet)",
-            id="redis-broker",
+            {"env": {"WSGATEWAY_BROKER": "nats://localhost"}},
+            "bad setting broker='nats://localhost': allowed: memory:// (one process) or "
+            "redis://[:password@]host:port/db (rediss:// with TLS, unix:///path/to/redis.sock)",
+            id="unknown-broker",
         ),
         pytest.param(
             {"env": {"WSGATEWAY_LOG_LEVEL": ""}},
@@ -1183,6 +1194,7 @@ def test_repr_shows_every_setting_with_secrets_masked() -> None:
     )
     assert shown.endswith(
         ", overrides={}, demo=False, log_level='INFO', header_timeout=10.0, "
-        "max_pending_per_ip=256, metrics_host=None, metrics_port=None, close_timeout=5.0)"
+        "max_pending_per_ip=256, metrics_host=None, metrics_port=None, close_timeout=5.0, "
+        "drain_seconds=10.0, workers=1)"
     )
     assert PUBLISH_TOKEN not in shown and JWT_SECRET not in shown

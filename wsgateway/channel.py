@@ -16,17 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from os import write as os_write
 
 from . import protocol
 from .admission import Admission
-from .brokers.base import Update
+from .brokers.base import History, Position, Update
 from .connection import Closer, Connection, Transport
+from .continuity import TopicPositions
 from .errors import Draining, ForbiddenTopic, Rejected, TooManyTopics
 from .metrics import ChannelMetrics, ChannelState
 from .outbox import Course, SlowConsumerRule, Verdict
 from .ratelimit import LogThrottle
+from .resume import Outcome, Recovery, Step
 from .settings import Limits
 
 log = logging.getLogger("wsgateway.channel")
@@ -37,6 +40,20 @@ REJECTION_LOG_INTERVAL = 10.0
 #: Bytes a transport may still hold before a client gets no new write until it drains.
 HOLD_BYTES = 65_536
 HOLD_RETRY_SECONDS = 0.005
+
+
+@dataclass(slots=True)
+class Joining:
+    """What a subscribe asks of the broker before it can be answered (Gateway.subscribe)."""
+
+    #: the topics of the request, as the reply names them
+    topics: tuple[str, ...]
+    #: topics whose position is known here: the client is a subscriber already
+    known: dict[str, Position] = field(default_factory=dict)
+    #: topics the client joins through a recovery (resume.py): history or position needed
+    pending: list[Recovery] = field(default_factory=list)
+    #: topics the client already receives, whose position must be read from the broker
+    lookup: list[str] = field(default_factory=list)
 
 
 class Channel:
@@ -84,6 +101,12 @@ class Channel:
         # catch up or are cut, with their last measurement; the relay waits while one of
         # them is on course to catch up (outbox.py).
         self._lagging: dict[Connection, Course] = {}
+        #: the last position relayed per topic (continuity.py): the relay checks each
+        #: update against it; a subscribe to a topic it knows needs no broker round trip
+        self.positions = TopicPositions(limits.topic_ttl, clock)
+        # Clients joining a topic through a recovery (resume.py), by topic: pending ones
+        # buffer live updates, catching-up ones skip what they already have.
+        self._recovering: dict[str, dict[Connection, Recovery]] = {}
 
     # -- admission ------------------------------------------------------------------------
 
@@ -165,26 +188,93 @@ class Channel:
 
     # -- subscriptions ----------------------------------------------------------------------
 
-    def subscribe(self, conn: Connection, topics: Iterable[str]) -> tuple[str, ...]:
-        """Add ``topics`` to ``conn``; raise ClientError when they are not allowed."""
+    def subscribe(
+        self,
+        conn: Connection,
+        topics: Iterable[str],
+        since: Mapping[str, Position] | None = None,
+    ) -> Joining:
+        """Add ``topics`` to ``conn``; raise ClientError when they are not allowed.
+
+        A topic whose position this process knows, asked without ``since``, is joined at
+        once. The others join through a :class:`Recovery` that buffers their live updates
+        until :meth:`complete` hands it the broker's answer (``Joining.pending``).
+        """
         topics = tuple(dict.fromkeys(topics))
         if conn.closing:
             # A frame read after the channel let go of this client (slow consumer, expiry):
             # subscribing it would leave it in the per-topic sets for good.
-            return topics
+            return Joining(topics)
         if self.private:
-            topics = self._own_topic(conn, topics)
+            own = self._own_topic(conn, topics)
+            if since is not None:
+                since = {own[0]: since[own[0]]} if own[0] in since else None
+            topics = own
         new = [topic for topic in topics if topic not in conn.topics]
         if len(conn.topics) + len(new) > self.limits.max_topics:
             raise TooManyTopics(f"at most {self.limits.max_topics} topics per connection")
+        joining = Joining(topics)
+        since = since or {}
+        for topic in topics:
+            if topic == protocol.WILDCARD:
+                continue
+            if topic not in new or conn.all_topics:
+                # Already received: a replay would send updates twice. Its position only.
+                known = self.positions.get(topic)
+                if known is not None:
+                    joining.known[topic] = known
+                else:
+                    joining.lookup.append(topic)
         for topic in new:
             conn.add_topic(topic)
             self._subscriptions += 1
             if topic == protocol.WILDCARD:
                 self._subscribe_all(conn)
-            elif not conn.all_topics:
+                continue
+            if conn.all_topics:
+                continue
+            asked = since.get(topic)
+            known = self.positions.get(topic)
+            if asked is None and known is not None:
                 self._topics.setdefault(topic, set()).add(conn)
-        return topics
+                joining.known[topic] = known
+            else:
+                recovery = Recovery(conn, topic, asked)
+                self._recovering.setdefault(topic, {})[conn] = recovery
+                joining.pending.append(recovery)
+        return joining
+
+    def complete(self, recovery: Recovery, history: History) -> Outcome | None:
+        """Merge the broker's answer into a pending recovery (resume.py) and queue the
+        missed and buffered updates for its client; the caller sends the reply first.
+        None when the client left the topic meanwhile."""
+        recoveries = self._recovering.get(recovery.topic)
+        conn = recovery.conn
+        if recoveries is None or recoveries.get(conn) is not recovery:
+            return None
+        outcome = recovery.merge(history, self._update_frame)
+        topic = recovery.topic
+        top = outcome.top
+        relayed = self.positions.get(topic)
+        if relayed is None:
+            # Not relayed here lately: check the next update against what the broker said.
+            self.positions.learn(topic, top)
+            if top.seq == 0:
+                # Nothing numbered before the broker answered: nothing on its way either.
+                self._join(conn, topic, recoveries)
+        elif relayed.epoch == top.epoch and relayed.seq >= top.seq:
+            self._join(conn, topic, recoveries)
+        return outcome
+
+    def _join(self, conn: Connection, topic: str, recoveries: dict[Connection, Recovery]) -> None:
+        del recoveries[conn]
+        if not recoveries:
+            del self._recovering[topic]
+        self._topics.setdefault(topic, set()).add(conn)
+
+    def abandon(self, conn: Connection, recoveries: Iterable[Recovery]) -> None:
+        """Undo the subscriptions of recoveries the broker could not answer."""
+        self._drop_subscriptions(conn, [r.topic for r in recoveries if r.topic in conn.topics])
 
     def unsubscribe(self, conn: Connection, topics: Iterable[str]) -> tuple[str, ...]:
         topics = tuple(topics)
@@ -222,6 +312,12 @@ class Channel:
                 self._discard(topic, conn)
 
     def _discard(self, topic: str, conn: Connection) -> None:
+        if self._recovering:
+            recoveries = self._recovering.get(topic)
+            if recoveries is not None and conn in recoveries:
+                del recoveries[conn]
+                if not recoveries:
+                    del self._recovering[topic]
         subscribers = self._topics.get(topic)
         if subscribers is not None:
             subscribers.discard(conn)
@@ -244,13 +340,15 @@ class Channel:
         """Fan ``update`` out to its subscribers; returns how many it was queued for."""
         started = time.perf_counter()
         self.metrics.published.inc()
-        frame = protocol.text_frame(
-            protocol.update(self.name, update.topic, update.seq, update.ts, update.data)
-        )
-        subscribers = self._topics.get(update.topic)
+        topic = update.topic
+        self.positions.advance(topic, update.epoch, update.seq)
+        frame = self._update_frame(update)
+        subscribers = self._topics.get(topic)
         queued = self._enqueue(subscribers, frame) if subscribers else 0
         if self._wildcard:
             queued += self._enqueue(self._wildcard, frame)
+        if self._recovering and topic in self._recovering:
+            queued += self._offer(self._recovering[topic], update, frame)
         if queued:
             self._queued_ts.append(update.ts)
             self.turn_bytes += len(frame)
@@ -258,6 +356,53 @@ class Channel:
         metrics.message_size.observe(len(frame))
         metrics.broadcast_duration.observe(time.perf_counter() - started)
         return queued
+
+    def _update_frame(self, update: Update) -> bytes:
+        # The first update of an epoch names it: a client that subscribed before the topic
+        # had any state learns the epoch it needs to resume (protocol.md).
+        epoch = update.epoch if update.seq == 1 and update.epoch else None
+        return protocol.text_frame(
+            protocol.update(self.name, update.topic, update.seq, update.ts, update.data, epoch)
+        )
+
+    def _offer(self, recoveries: dict[Connection, Recovery], update: Update, frame: bytes) -> int:
+        """Hand a live update to the clients joining its topic; those past their recovery
+        become ordinary subscribers with this update."""
+        joined = [conn for conn, recovery in recoveries.items() if recovery.offer(update, frame)]
+        for conn in joined:
+            self._join(conn, update.topic, recoveries)
+        return self._enqueue(joined, frame) if joined else 0
+
+    def reset_topic(self, topic: str, position: Position) -> int:
+        """Tell every subscriber of ``topic`` that its continuity broke: it restarts at
+        ``position`` (a new epoch, or updates lost for good). Returns how many were told."""
+        self.positions.reset(topic, position)
+        payload = protocol.reset(self.name, topic, position.epoch, position.seq)
+        frame = protocol.text_frame(payload)
+        told: list[Connection] = list(self._topics.get(topic, ()))
+        told.extend(self._wildcard)
+        recoveries = self._recovering.get(topic)
+        if recoveries:
+            for conn, recovery in list(recoveries.items()):
+                if recovery.step is Step.PENDING:
+                    recovery.reset(position)  # its reply will carry the new position
+                else:
+                    self._join(conn, topic, recoveries)
+                    told.append(conn)
+        if told:
+            self._enqueue(told, frame)
+            self.metrics.resets.inc(len(told))
+        return len(told)
+
+    def has_subscribers(self, topic: str) -> bool:
+        """True when a client here receives ``topic`` (or is joining it)."""
+        return bool(self._wildcard) or topic in self._topics or topic in self._recovering
+
+    def expire_positions(self) -> int:
+        """Forget the positions of topics idle past topic_ttl without subscribers here."""
+        if self._wildcard:
+            return self.positions.expire(())  # every topic is subscribed: keep by age alone
+        return self.positions.expire(_Subscribed(self))
 
     def _enqueue(self, connections: Collection[Connection], frame: bytes) -> int:
         # The hot loop: runs once per delivery, so it does as little as it can.
@@ -530,6 +675,7 @@ class Channel:
             "dirty": len(self._dirty),
             "held": len(self._held),
             "lagging": len(self._lagging),
+            "recovering": sum(len(r) for r in self._recovering.values()),
         }
 
     def admission_window(self) -> int:
@@ -539,3 +685,16 @@ class Channel:
     @property
     def connections(self) -> frozenset[Connection]:
         return frozenset(self._connections)
+
+
+class _Subscribed:
+    """``topic in _Subscribed(channel)``: the topic has a subscriber or a joining client."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def __contains__(self, topic: object) -> bool:
+        channel = self._channel
+        return topic in channel._topics or topic in channel._recovering

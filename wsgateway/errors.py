@@ -24,7 +24,7 @@ the data a reply needs. Each branch declares how it reaches the outside world:
      │    └── BrokerUnavailable           503 + Retry-After
      ├── ClientError              a bad client frame: an ``error`` reply, the connection stays
      │    ├── BadJson, BadMessage, UnknownType, InvalidTopic, TooManyTopics,
-     │    └── ForbiddenTopic, RateLimited
+     │    └── ForbiddenTopic, RateLimited, Unavailable
      └── CloseConnection          the connection is closed with a WebSocket close code
           ├── UnsupportedData             1003
           ├── PolicyViolation             1008
@@ -216,6 +216,13 @@ class ForbiddenTopic(ClientError):
 
 class RateLimited(ClientError):
     code = "rate_limited"
+
+
+class Unavailable(ClientError):
+    """The broker could not answer in time (a subscribe needs its positions): nothing
+    changed, the request may be sent again."""
+
+    code = "unavailable"
 
 
 # -- closing a connection ---------------------------------------------------------------------

@@ -18,18 +18,27 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .brokers import Broker, Message, Resync
+from .brokers import Broker, History, Message, Position, Resync, Update
 from .channel import REJECTION_LOG_INTERVAL, Channel
 from .connection import Connection
+from .continuity import Verdict
 from .drain import DrainPlan, plan_drain
-from .errors import BrokerUnavailable, ServiceRestart
+from .errors import BrokerUnavailable, ClientError, ServiceRestart, Unavailable
 from .metrics import GatewayMetrics, StateCollector, to_json
-from .protocol import parse_publish
+from .protocol import Subscribe, parse_publish, subscribed
 from .ratelimit import LogThrottle
 from .release import SocketRelease
 from .settings import Settings
 
 log = logging.getLogger("wsgateway")
+
+#: Longest wait for the broker's answer to a subscribe (positions, history); then the client
+#: gets an ``unavailable`` error and may try again.
+BROKER_READ_TIMEOUT = 5.0
+#: Topics asked of the broker in one positions() call when the relay resynchronises.
+RESYNC_CHUNK = 500
+#: Seconds between two sweeps of the positions of idle topics (continuity.py).
+EXPIRE_INTERVAL = 10.0
 
 
 class Gateway:
@@ -104,6 +113,74 @@ class Gateway:
                 "broker", f"the broker stopped{detail}; try again later"
             ) from None
 
+    # -- subscribing ----------------------------------------------------------------------------
+
+    async def subscribe(self, channel: Channel, conn: Connection, request: Subscribe) -> None:
+        """Subscribe ``conn`` and queue the ``subscribed`` reply, then the missed updates.
+
+        Topics this process relays are joined at once; the others need the broker's
+        position (and history, with ``since``): their live updates are buffered meanwhile
+        and merged by seq (resume.py), so the client gets each update once, in order.
+        Raises ClientError for a request that is not allowed, or when the broker does not
+        answer (``unavailable``; nothing is left subscribed).
+        """
+        try:
+            joining = channel.subscribe(conn, request.topics, request.since)
+        except ClientError as exc:
+            exc.request_id = request.id  # the channel's refusal does not know the request's id
+            raise
+        histories: list[History] = []
+        looked_up: dict[str, Position] = {}
+        if joining.pending or joining.lookup:
+            try:
+                histories, looked_up = await asyncio.wait_for(
+                    self._read_broker(channel, joining.pending, joining.lookup),
+                    BROKER_READ_TIMEOUT,
+                )
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                channel.abandon(conn, joining.pending)
+                raise Unavailable(
+                    "the broker did not answer; nothing was subscribed, try again", request.id
+                ) from exc
+        if conn.closing:
+            return
+        entries = {topic: _entry(position) for topic, position in joining.known.items()}
+        entries.update((topic, _entry(position)) for topic, position in looked_up.items())
+        frames: list[bytes] = []
+        metrics = channel.metrics
+        for recovery, history in zip(joining.pending, histories, strict=True):
+            outcome = channel.complete(recovery, history)
+            if outcome is None:
+                continue
+            entries[recovery.topic] = outcome.reply_entry()
+            frames.extend(outcome.frames)
+            if outcome.recovered is not None:
+                metrics.resumes["recovered" if outcome.recovered else "not_recovered"].inc()
+                metrics.replayed.inc(outcome.replayed)
+        positions = {t: entries[t] for t in joining.topics if t in entries}
+        channel.send(conn, subscribed(joining.topics, request.id, positions))
+        for frame in frames:
+            channel.send_frame(conn, frame)
+
+    async def _read_broker(
+        self, channel: Channel, pending: list[Any], lookup: list[str]
+    ) -> tuple[list[History], dict[str, Position]]:
+        broker = self.broker
+        name = channel.name
+        limit = channel.limits.max_replay
+        plain = [r.topic for r in pending if r.since is None]
+        positions = await broker.positions(name, [*plain, *lookup]) if plain or lookup else {}
+        resumed = [r for r in pending if r.since is not None]
+        answers = await asyncio.gather(
+            *(broker.history(name, r.topic, r.since, limit) for r in resumed)
+        )
+        by_topic = dict(zip((r.topic for r in resumed), answers, strict=True))
+        histories = [
+            by_topic[r.topic] if r.since is not None else History(positions[r.topic], [])
+            for r in pending
+        ]
+        return histories, {topic: positions[topic] for topic in lookup}
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def relay(self) -> None:
@@ -118,26 +195,30 @@ class Gateway:
         it does not cut the readers.
         """
         channels = self.channels
+        expired_at = time.monotonic()
         try:
             async for batch in self.broker.batches():
                 if isinstance(batch, Resync):
+                    await self.resync()
                     continue
                 for update in batch:
                     channel = channels.get(update.channel)
                     if channel is None:
                         continue  # another node's channel that this one does not serve
-                    try:
-                        channel.broadcast(update)
-                    except Exception:
-                        # One bad message must not stop the feed for everyone, nor write
-                        # one traceback per message: counted always, logged throttled.
-                        channel.metrics.error("internal")
-                        self._log_broadcast_failure(update.channel)
+                    verdict = channel.positions.classify(update)
+                    if verdict is Verdict.NEXT:
+                        self._broadcast(channel, update)
+                    else:
+                        await self._mend(channel, update, verdict)
                     if channel.turn_bytes >= channel.slice_bytes:
                         await channel.pace()
                 for channel in channels.values():
                     if channel.waiting:
                         await channel.pace()
+                if time.monotonic() - expired_at > EXPIRE_INTERVAL:
+                    expired_at = time.monotonic()
+                    for channel in channels.values():
+                        channel.expire_positions()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -150,6 +231,96 @@ class Gateway:
             except Exception:
                 log.exception("stopping the broker after the relay crashed failed")
             raise
+
+    def _broadcast(self, channel: Channel, update: Update) -> None:
+        try:
+            channel.broadcast(update)
+        except Exception:
+            # One bad message must not stop the feed for everyone, nor write one
+            # traceback per message: counted always, logged throttled.
+            channel.metrics.error("internal")
+            self._log_broadcast_failure(update.channel)
+
+    async def _mend(self, channel: Channel, update: Update, verdict: Verdict) -> None:
+        """An update that is not the next one of its topic (continuity.py)."""
+        metrics = channel.metrics
+        if verdict is Verdict.DUPLICATE:
+            metrics.duplicates.inc()
+            return
+        if verdict is Verdict.GAP and await self._fill(channel, update.topic):
+            metrics.repairs["filled"].inc()
+            if channel.positions.classify(update) is Verdict.DUPLICATE:
+                return  # the history reached past it
+        else:
+            # Another epoch, or a gap the history no longer covers: the updates in between
+            # are gone for good; the subscribers are told so, then the feed goes on.
+            channel.reset_topic(update.topic, Position(update.epoch, update.seq - 1))
+            metrics.repairs["reset"].inc()
+        self._broadcast(channel, update)
+
+    async def _fill(self, channel: Channel, topic: str) -> bool:
+        """Broadcast the updates of ``topic`` after its relayed position from the broker's
+        history; False when the history does not reach back (or cannot be read)."""
+        since = channel.positions.position(topic)
+        try:
+            history = await asyncio.wait_for(
+                self.broker.history(channel.name, topic, since, channel.limits.max_replay),
+                BROKER_READ_TIMEOUT,
+            )
+        except (ConnectionError, OSError, TimeoutError):
+            log.warning("could not read the history of %s/%s to fill a gap", channel.name, topic)
+            return False
+        if history.updates is None:
+            return False
+        for missed in history.updates:
+            if channel.positions.classify(missed) is Verdict.NEXT:
+                self._broadcast(channel, missed)
+            if channel.turn_bytes >= channel.slice_bytes:
+                await channel.pace()
+        return True
+
+    async def resync(self) -> None:
+        """After the broker's live feed came back: check every topic with subscribers here
+        against the broker's position; fill what was missed or reset the subscribers."""
+        filled = reset = 0
+        for channel in self.channels.values():
+            topics = []
+            for topic in channel.positions.topics():
+                if channel.has_subscribers(topic):
+                    topics.append(topic)
+                else:
+                    channel.positions.forget(topic)  # relearned from the next update
+            for start in range(0, len(topics), RESYNC_CHUNK):
+                chunk = topics[start : start + RESYNC_CHUNK]
+                try:
+                    positions = await asyncio.wait_for(
+                        self.broker.positions(channel.name, chunk), BROKER_READ_TIMEOUT
+                    )
+                except (ConnectionError, OSError, TimeoutError):
+                    # The broker went away again; it yields another resync when it is back.
+                    log.warning("resync of %s: the broker did not answer", channel.name)
+                    return
+                for topic, position in positions.items():
+                    relayed = channel.positions.position(topic)
+                    if position == relayed:
+                        continue
+                    if (
+                        position.epoch == relayed.epoch
+                        and position.seq > relayed.seq
+                        and await self._fill(channel, topic)
+                    ):
+                        channel.metrics.repairs["filled"].inc()
+                        filled += 1
+                    elif position != channel.positions.position(topic):
+                        channel.reset_topic(topic, position)
+                        channel.metrics.repairs["reset"].inc()
+                        reset += 1
+        if filled or reset:
+            log.warning(
+                "resynchronised with the broker: %d topic(s) filled from history, %d reset",
+                filled,
+                reset,
+            )
 
     def _log_broadcast_failure(self, channel: str) -> None:
         more = self._log_throttle.note(f"broadcast:{channel}", time.monotonic())
@@ -256,6 +427,10 @@ class Gateway:
     def metrics_json(self) -> dict[str, Any]:
         """The ``/api/ws/metrics`` document."""
         return to_json(self.registry, self.settings.channels, self.clock())
+
+
+def _entry(position: Position) -> dict[str, Any]:
+    return {"seq": position.seq, "epoch": position.epoch}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -62,7 +62,12 @@ CLIENT_ERROR_CODES = (
     "too_many_topics",
     "forbidden_topic",
     "rate_limited",
+    "unavailable",
 )
+#: How a subscribe with "since" ended, per topic (resume.py).
+RESUME_OUTCOMES = ("recovered", "not_recovered")
+#: How the relay mended a topic whose live feed skipped updates (continuity.py).
+REPAIR_OUTCOMES = ("filled", "reset")
 RATE_LIMITS = ("handshakes_per_second", "connections_per_minute", "messages_per_second")
 # Delivery latency, publish to socket write: sub-millisecond when healthy, seconds when not.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -106,6 +111,11 @@ class ChannelMetrics:
             c: metrics.client_errors.labels(channel, c) for c in CLIENT_ERROR_CODES
         }
         self.rate_limit_hits = {k: metrics.rate_limit_hits.labels(channel, k) for k in RATE_LIMITS}
+        self.resumes = {o: metrics.resumes.labels(channel, o) for o in RESUME_OUTCOMES}
+        self.replayed = metrics.replayed.labels(channel)
+        self.repairs = {o: metrics.repairs.labels(channel, o) for o in REPAIR_OUTCOMES}
+        self.resets = metrics.resets.labels(channel)
+        self.duplicates = metrics.duplicates.labels(channel)
         self._clock = metrics.clock
 
     def error(self, kind: str) -> None:
@@ -196,6 +206,37 @@ class GatewayMetrics:
         self.slow_consumers = Counter(
             "wsgateway_slow_consumers_total",
             "Clients disconnected because their outbox passed max_outbox_bytes",
+            ["channel"],
+            registry=r,
+        )
+        self.resumes = Counter(
+            "wsgateway_resumes_total",
+            "Topics subscribed with a position to resume from, by outcome",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "wsgateway_replayed_updates_total",
+            "Missed updates sent from history to resuming clients",
+            ["channel"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "wsgateway_repairs_total",
+            "Topics whose live feed skipped updates (broker reconnect, gap), by outcome: "
+            "filled from history or reset",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        self.resets = Counter(
+            "wsgateway_resets_sent_total",
+            "Reset frames sent to clients: a topic's continuity broke",
+            ["channel"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "wsgateway_duplicate_updates_total",
+            "Updates the relay dropped because they were delivered already",
             ["channel"],
             registry=r,
         )

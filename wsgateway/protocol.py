@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .brokers.base import Message
+from .brokers.base import Message, Position
 from .errors import (
     BadJson,
     BadMessage,
@@ -40,6 +40,8 @@ RequestId = int | str | None
 class Subscribe:
     topics: tuple[str, ...]
     id: RequestId = None
+    #: positions to resume from, by topic (``"since"``): None when not asked
+    since: dict[str, Position] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +84,10 @@ def parse_request(text: str | bytes, max_topics: int) -> Request:
         return Ping(request_id)
     if kind in ("subscribe", "unsubscribe"):
         topics = _topics(message, max_topics, request_id)
-        return (
-            Subscribe(topics, request_id)
-            if kind == "subscribe"
-            else Unsubscribe(topics, request_id)
-        )
+        if kind == "unsubscribe":
+            return Unsubscribe(topics, request_id)
+        since = _since(message.get("since"), topics, request_id)
+        return Subscribe(topics, request_id, since)
     if not isinstance(kind, str):
         raise UnknownType(f'"type" must be a string, got {_json_kind(kind)}', request_id)
     shown = kind if len(kind) <= 32 else kind[:32] + "..."
@@ -122,6 +123,39 @@ def _topics(message: dict[str, Any], max_topics: int, request_id: RequestId) -> 
     return unique
 
 
+#: The largest seq a client may name: what a JavaScript number holds exactly.
+MAX_SEQ = 2**53 - 1
+MAX_EPOCH_LENGTH = 64
+SINCE_RULE = (
+    '"since" must map topics of this request (not "*") to {"seq": integer >= 0, '
+    '"epoch": string}, as the subscribed reply and update frames give them'
+)
+
+
+def _since(
+    value: object, topics: tuple[str, ...], request_id: RequestId
+) -> dict[str, Position] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadMessage(SINCE_RULE, request_id)
+    since = {}
+    for topic, position in value.items():
+        if topic == WILDCARD or topic not in topics or not isinstance(position, dict):
+            raise BadMessage(SINCE_RULE, request_id)
+        seq, epoch = position.get("seq"), position.get("epoch")
+        if (
+            isinstance(seq, bool)
+            or not isinstance(seq, int)
+            or not 0 <= seq <= MAX_SEQ
+            or not isinstance(epoch, str)
+            or len(epoch) > MAX_EPOCH_LENGTH
+        ):
+            raise BadMessage(SINCE_RULE, request_id)
+        since[topic] = Position(epoch, seq)
+    return since
+
+
 def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "an array"
@@ -145,8 +179,23 @@ def _with_id(body: dict[str, Any], request_id: RequestId) -> bytes:
     return orjson.dumps(body)
 
 
-def subscribed(topics: tuple[str, ...], request_id: RequestId) -> bytes:
-    return _with_id({"type": "subscribed", "topics": list(topics)}, request_id)
+def subscribed(
+    topics: tuple[str, ...],
+    request_id: RequestId,
+    positions: dict[str, dict[str, Any]] | None = None,
+) -> bytes:
+    body: dict[str, Any] = {"type": "subscribed", "topics": list(topics)}
+    if positions is not None:
+        body["positions"] = positions
+    return _with_id(body, request_id)
+
+
+def reset(channel: str, topic: str, epoch: str, seq: int) -> bytes:
+    """The topic's continuity broke: it now stands at ``(epoch, seq)``; what came before
+    cannot be resumed from."""
+    return orjson.dumps(
+        {"type": "reset", "channel": channel, "topic": topic, "epoch": epoch, "seq": seq}
+    )
 
 
 def unsubscribed(topics: tuple[str, ...], request_id: RequestId) -> bytes:
@@ -161,10 +210,15 @@ def error(code: str, message: str, request_id: RequestId = None, **extra: Any) -
     return _with_id({"type": "error", "code": code, "message": message, **extra}, request_id)
 
 
-def update(channel: str, topic: str, seq: int, ts: float, data: Any) -> bytes:
-    return orjson.dumps(
-        {"type": "update", "channel": channel, "topic": topic, "seq": seq, "ts": ts, "data": data}
-    )
+def update(
+    channel: str, topic: str, seq: int, ts: float, data: Any, epoch: str | None = None
+) -> bytes:
+    """An update frame; ``epoch`` is given on the first update of an epoch (seq 1)."""
+    body = {"type": "update", "channel": channel, "topic": topic, "seq": seq, "ts": ts}
+    if epoch is not None:
+        body["epoch"] = epoch
+    body["data"] = data
+    return orjson.dumps(body)
 
 
 def text_frame(payload: bytes) -> bytes:

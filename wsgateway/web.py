@@ -144,7 +144,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     await _rate_limited(channel, conn, msg.data, now)
                     continue
                 try:
-                    _answer(gateway, channel, conn, protocol.parse_request(msg.data, max_topics))
+                    parsed = protocol.parse_request(msg.data, max_topics)
+                    if isinstance(parsed, protocol.Subscribe):
+                        # Awaits the broker only for topics not relayed here (resume.py).
+                        await gateway.subscribe(channel, conn, parsed)
+                    else:
+                        _answer(gateway, channel, conn, parsed)
                 except ClientError as exc:
                     _reply_error(channel, conn, exc)
             elif kind is WSMsgType.PING:
@@ -293,12 +298,13 @@ class _Closer:
 
 
 def _answer(
-    gateway: Gateway, channel: Channel, conn: Connection, request: protocol.Request
+    gateway: Gateway,
+    channel: Channel,
+    conn: Connection,
+    request: protocol.Unsubscribe | protocol.Ping,
 ) -> None:
     try:
-        if isinstance(request, protocol.Subscribe):
-            reply = protocol.subscribed(channel.subscribe(conn, request.topics), request.id)
-        elif isinstance(request, protocol.Unsubscribe):
+        if isinstance(request, protocol.Unsubscribe):
             reply = protocol.unsubscribed(channel.unsubscribe(conn, request.topics), request.id)
         else:
             reply = protocol.pong(request.id, gateway.clock())

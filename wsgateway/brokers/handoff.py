@@ -34,9 +34,8 @@ class Handoff:
 
     def put(self, batch: Sequence[Update]) -> bool:
         """Queue ``batch``; False when it was dropped (full: a RESYNC is owed)."""
-        extra = 1 if self._resync_owed else 0
         if (
-            len(self._items) + extra >= self._max_batches
+            len(self._items) >= self._max_batches
             or self._messages + len(batch) > self._max_messages
         ) and self._items:  # an empty queue takes any batch: a huge one cannot block forever
             self._resync_owed = True
@@ -51,17 +50,12 @@ class Handoff:
     def resync(self) -> None:
         """Owe the relay a RESYNC (live delivery may have missed updates)."""
         self._resync_owed = True
-        if len(self._items) < self._max_batches:
-            self._pay_resync()
+        self._pay_resync()  # a marker, not a batch: it may go past the bound
 
     def close(self) -> None:
         """End the consumer's iteration once it has taken what is queued."""
         self._items.append(None)
         self._ready.set()
-
-    @property
-    def resync_owed(self) -> bool:
-        return self._resync_owed
 
     def _pay_resync(self) -> None:
         if self._resync_owed:
