@@ -98,7 +98,7 @@ async def test_haproxy_spreads_clients_over_both_nodes_and_forwards_their_addres
 
     One connection per address (max_connections_per_ip = 1), each client naming its own
     address in X-Forwarded-For: all 200 are admitted only if the nodes read the address
-    HAProxy forwards (trusted_proxies), and a second one from the same address is refused.
+    HAProxy forwards (trusted_proxies), and more from one address are refused.
     The memory broker suffices: nothing is published here.
     """
     with cluster(tmp_path, "memory://", WSGATEWAY_MAX_CONNECTIONS_PER_IP="1") as (a, b, lb):
@@ -110,9 +110,18 @@ async def test_haproxy_spreads_clients_over_both_nodes_and_forwards_their_addres
             on_a, on_b = await asyncio.to_thread(active, a), await asyncio.to_thread(active, b)
             assert on_a + on_b == CLIENTS
             assert min(on_a, on_b) >= CLIENTS * 0.3, (on_a, on_b)
-            with pytest.raises(InvalidStatus) as refused:
-                await websockets.connect(f"{lb.ws}/ws/ticker", additional_headers=addresses[0])
-            assert refused.value.response.status_code == 429
+            # The limit is per node, and the address is on one of the two: of three more
+            # connections from it, the other node admits one at most.
+            statuses, extra = [], []
+            for _ in range(3):
+                try:
+                    url = f"{lb.ws}/ws/ticker"
+                    extra.append(await websockets.connect(url, additional_headers=addresses[0]))
+                except InvalidStatus as refused:
+                    statuses.append(refused.response.status_code)
+            for ws in extra:
+                await ws.close()
+            assert len(extra) <= 1 and statuses.count(429) >= 2, statuses
 
 
 async def request_reply(ws: websockets.ClientConnection, message: Any) -> str:
