@@ -92,6 +92,8 @@ def server() -> Iterator[Server]:
         ([], {"WSGATEWAY_PROT": "8080"}, "WSGATEWAY_PROT='8080'"),
         ([], {"WSGATEWAY_CHANNELS": "ticker,Bad Name"}, "channels='Bad Name'"),
         (["--broker", "kafka://x"], {}, "broker='kafka://x'"),
+        (["--workers", "2"], {}, "workers=2: more than 1 worker needs a shared broker"),
+        ([], {"WSGATEWAY_WORKERS": "3"}, "workers=3: more than 1 worker needs a shared broker"),
         ([], {"WSGATEWAY_PUBLISH_TOKEN": "short"}, "publish_token='***'"),
     ],
     ids=[
@@ -102,6 +104,8 @@ def server() -> Iterator[Server]:
         "unknown-env",
         "channel-name",
         "broker-scheme",
+        "workers-memory-flag",
+        "workers-memory-env",
         "short-secret",
     ],
 )
@@ -192,8 +196,12 @@ def test_publish_subscribe_metrics_and_graceful_shutdown(server: Server) -> None
 
     table = wsgateway("metrics", "--url", server.url)
     assert table.returncode == 0
-    rows = {line.split()[0]: line.split() for line in table.stdout.splitlines()[2:]}
+    channel_table, node_table = table.stdout.split("\n\n")[1:]
+    rows = {line.split()[0]: line.split() for line in channel_table.splitlines()}
     assert set(rows) == {"channel", "market", "ticker", "orderbook", "trades", "user"}
+    nodes = [line.split() for line in node_table.splitlines()]
+    assert nodes[0][:4] == ["node", "address", "worker", "pid"]
+    assert len(nodes) == 2 and nodes[1][1] == server.url.removeprefix("http://")
     assert rows["ticker"][3] == "2"  # published
     raw = wsgateway("metrics", "--json", "--url", server.url)
     assert json.loads(raw.stdout)["managers"]["ticker"]["messages_published"] == 2

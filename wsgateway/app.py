@@ -11,11 +11,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .brokers import Broker, create_broker
+from .cluster import Cluster, node_address
 from .demo import run_demo
 from .errors import ServerShutdown
 from .gateway import Gateway
 from .listener import Listener
 from .settings import Settings
+from .siblings import Siblings, WorkerRole
 from .web import CLOSING, GATEWAY, MAX_PUBLISH_BODY, add_routes, handler_args
 
 log = logging.getLogger("wsgateway")
@@ -27,11 +29,13 @@ def create_app(
     *,
     broker: Broker | None = None,
     registry: CollectorRegistry | None = None,
+    worker: WorkerRole | None = None,
 ) -> web.Application:
     """A ready-to-run aiohttp application serving one gateway.
 
     Each app gets its own Prometheus registry unless one is given (never the global one),
-    so two apps in one process do not collide.
+    so two apps in one process do not collide. ``worker``: this app is one worker of
+    ``wsgateway serve --workers N`` (workers.py); its metrics views show the whole node.
     """
     settings = settings or Settings()
     gateway = Gateway(
@@ -47,6 +51,17 @@ def create_app(
     listener = app[LISTENER] = Listener(gateway)
     listener.install(app)
     app.cleanup_ctx.append(_broker_and_relay)
+    if worker is not None:
+        gateway.siblings = Siblings(worker, gateway.registry)
+        app.cleanup_ctx.append(gateway.siblings.serve)
+    gateway.cluster = Cluster(
+        gateway.broker,
+        lambda: _figures(gateway),
+        address=node_address(settings.host, settings.port),
+        worker=0 if worker is None else worker.index,
+    )
+    # After the broker's: it is stopped only once the cluster's loop is.
+    app.cleanup_ctx.append(gateway.cluster.run)
     app.cleanup_ctx.append(listener.serve_metrics)
     if settings.demo:
         app.cleanup_ctx.append(_demo_feed)
@@ -63,6 +78,13 @@ def metrics_address(app: web.Application) -> tuple[str, int] | None:
     """Where the metrics listener of a running app made by :func:`create_app` is bound,
     ``(host, port)``; None without ``metrics_port`` or before the app starts."""
     return app[LISTENER].metrics_address
+
+
+def _figures(gateway: Gateway) -> tuple[int, int]:
+    """(open connections, messages sent) of this process, for its cluster record."""
+    connections = sum(channel.state().connections for channel in gateway.channels.values())
+    sent = sum(s.value for m in gateway.metrics.sent.collect() for s in m.samples)
+    return connections, int(sent)
 
 
 async def _broker_and_relay(app: web.Application) -> AsyncIterator[None]:

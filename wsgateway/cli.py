@@ -23,11 +23,14 @@ from aiohttp import web
 from . import __version__
 from .app import create_app, metrics_address
 from .auth import is_loopback_host
+from .cluster import node_address
 from .errors import GatewayError, SettingsError
 from .gateway import Gateway
 from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
+from .siblings import WorkerRole
 from .web import GATEWAY, AccessLogger
+from .workers import Supervisor
 
 log = logging.getLogger("wsgateway")
 
@@ -51,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", help="port to listen on (default 8080; 0 picks a free one)")
     serve.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
     serve.add_argument("--broker", help="broker URL (default memory://)")
+    serve.add_argument(
+        "--workers",
+        help="processes sharing the port (default 1); more than 1 needs a redis:// broker",
+    )
     serve.add_argument(
         "--demo", action="store_true", default=None, help="publish a synthetic market feed"
     )
@@ -125,24 +132,46 @@ def serve(args: argparse.Namespace) -> int:
     settings = load_settings(
         env=os.environ,
         config_file=config,
-        flags={"host": args.host, "port": args.port, "broker": args.broker, "demo": args.demo},
+        flags={
+            "host": args.host,
+            "port": args.port,
+            "broker": args.broker,
+            "demo": args.demo,
+            "workers": args.workers,
+        },
     )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # Every client is a descriptor: the usual soft limit of 1,024 is an outage waiting.
     logging.getLogger("wsgateway").info("open files limit: %s", raise_open_files_limit())
+    if settings.workers > 1:
+        return Supervisor(settings, _run_worker).run()
+    return _run(settings)
+
+
+def _loop_factory() -> Any:
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on Windows); asyncio's loop works too
-        return _run(settings, asyncio.new_event_loop)
-    return _run(settings, uvloop.new_event_loop)
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
-def _run(settings: Settings, loop_factory: Any) -> int:
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+def _run_worker(settings: Settings, role: WorkerRole, listening: Callable[[], None]) -> int:
+    """One worker of ``serve --workers N`` (workers.py runs it in a forked process)."""
+    return _run(settings, worker=role, listening=listening)
+
+
+def _run(
+    settings: Settings,
+    *,
+    worker: WorkerRole | None = None,
+    listening: Callable[[], None] | None = None,
+) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         try:
-            return runner.run(_serve(settings))
+            return runner.run(_serve(settings, worker=worker, listening=listening))
         except OSError as exc:
             print(
                 f"wsgateway: cannot listen on {settings.host}:{settings.port}: "
@@ -187,9 +216,17 @@ def warn_about_exposed_loopback_rule(settings: Settings) -> bool:
     return True
 
 
-async def _serve(settings: Settings) -> int:
-    app = create_app(settings)
-    warn_about_exposed_loopback_rule(settings)
+async def _serve(
+    settings: Settings,
+    *,
+    worker: WorkerRole | None = None,
+    listening: Callable[[], None] | None = None,
+) -> int:
+    """Serve until SIGINT/SIGTERM. ``worker``: as one of ``--workers N``, sharing the port
+    (SO_REUSEPORT) and telling the supervisor through ``listening``, which speaks for all."""
+    app = create_app(settings, worker=worker)
+    if worker is None or worker.index == 0:
+        warn_about_exposed_loopback_rule(settings)
     tune_gc()
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=10.0
@@ -198,21 +235,27 @@ async def _serve(settings: Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, _drain_on_sigterm(gateway))
+    drain = _DrainSignals(gateway, supervisor=worker is not None)
+    loop.add_signal_handler(signal.SIGTERM, drain.on_sigterm)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=worker is not None)
         await site.start()
         port = _bound_port(runner) or settings.port
-        channels = ", ".join(app[GATEWAY].channels)
+        if gateway.cluster is not None:
+            gateway.cluster.listening_on(node_address(settings.host, port))
+        channels = ", ".join(gateway.channels)
         metrics = metrics_address(app)
-        print(
-            f"wsgateway listening on http://{settings.host}:{port} "
-            f"(channels: {channels}; broker {settings.broker}"
-            f"{'; demo feed on' if settings.demo else ''}"
-            f"{f'; metrics on http://{metrics[0]}:{metrics[1]}' if metrics else ''})",
-            flush=True,
-        )
+        if listening is not None:
+            listening()  # the supervisor announces the node once every worker listens
+        else:
+            print(
+                f"wsgateway listening on http://{settings.host}:{port} "
+                f"(channels: {channels}; broker {settings.broker}"
+                f"{'; demo feed on' if settings.demo else ''}"
+                f"{f'; metrics on http://{metrics[0]}:{metrics[1]}' if metrics else ''})",
+                flush=True,
+            )
         # SIGINT stops at once; SIGTERM and POST /api/drain drain first, then stop.
         stopped = asyncio.ensure_future(stop.wait())
         drained = asyncio.ensure_future(gateway.drained.wait())
@@ -221,30 +264,44 @@ async def _serve(settings: Settings) -> int:
         finally:
             stopped.cancel()
             drained.cancel()
-        if stop.is_set():
-            print("wsgateway shutting down: closing clients with 1001", flush=True)
-        else:
-            print("wsgateway drained: shutting down", flush=True)
+        if worker is None:
+            if stop.is_set():
+                print("wsgateway shutting down: closing clients with 1001", flush=True)
+            else:
+                print("wsgateway drained: shutting down", flush=True)
     finally:
         await runner.cleanup()
-    print("wsgateway stopped", flush=True)
+    if worker is None:
+        print("wsgateway stopped", flush=True)
     return EXIT_OK
 
 
-def _drain_on_sigterm(gateway: Gateway) -> Callable[[], None]:
-    """SIGTERM drains the node (Gateway.drain); a second one closes the rest at once."""
-    signals = 0
+class _DrainSignals:
+    """SIGTERM drains the node (Gateway.drain); a second one closes the rest at once.
 
-    def on_sigterm() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
-            gateway.drain()  # joins a drain that POST /api/drain started
+    As one of ``--workers N`` (``supervisor``), a drain that ``POST /api/drain`` started
+    here concerns the whole node, not this worker alone (the supervisor would restart a
+    worker that exits by itself): this worker sends SIGTERM to the supervisor, which
+    forwards it to every worker, this one included, which then joins the drain under way.
+    """
+
+    def __init__(self, gateway: Gateway, *, supervisor: bool) -> None:
+        self.gateway = gateway
+        self.sigterms = 0
+        if supervisor:
+            gateway.on_drain = self.tell_supervisor
+
+    def on_sigterm(self) -> None:
+        self.sigterms += 1
+        if self.sigterms == 1:
+            self.gateway.drain()  # joins a drain that POST /api/drain started
         else:
             log.info("SIGTERM again: closing the remaining clients now")
-            gateway.hurry_drain()
+            self.gateway.hurry_drain()
 
-    return on_sigterm
+    def tell_supervisor(self) -> None:
+        if self.sigterms == 0:  # not the supervisor's own SIGTERM: the API started it
+            os.kill(os.getppid(), signal.SIGTERM)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:
@@ -379,12 +436,44 @@ def format_metrics(view: dict[str, Any]) -> str:
                 "-" if last is None else last["type"],
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append(
-            "  ".join(
-                cell.ljust(w) if i == 0 or i == len(row) - 1 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-            ).rstrip()
-        )
+    lines += _table(rows)
+    nodes = view.get("nodes")
+    if nodes:
+        lines += ["", *_table(_node_rows(nodes), last_left=False)]
     return "\n".join(lines)
+
+
+def _node_rows(nodes: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """The ``nodes`` of the metrics view: one row per gateway process in the cluster."""
+    rows: list[tuple[str, ...]] = [
+        ("node", "address", "worker", "pid", "uptime", "connections", "sent", "last seen")
+    ]
+    for node in nodes:
+        # uptime is measured at the view's time: started + uptime is the view's "now".
+        age = node["started"] + node["uptime"] - node["last_seen"]
+        rows.append(
+            (
+                str(node["id"]),
+                str(node["address"]),
+                str(node["worker"]),
+                str(node["pid"]),
+                f"{node['uptime']:.0f}s",
+                str(node["connections"]),
+                str(node["sent"]),
+                f"{max(0.0, age):.1f}s ago",
+            )
+        )
+    return rows
+
+
+def _table(rows: Sequence[tuple[str, ...]], *, last_left: bool = True) -> list[str]:
+    """Rows as aligned text: the first column (and by default the last) to the left."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    left = {0, len(widths) - 1} if last_left else {0, 1}
+    return [
+        "  ".join(
+            cell.ljust(w) if i in left else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]

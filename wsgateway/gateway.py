@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from .brokers import Broker, History, Message, Position, Resync, Update
 from .channel import REJECTION_LOG_INTERVAL, Channel
+from .cluster import Cluster
 from .connection import Connection
 from .continuity import Verdict
 from .drain import DrainPlan, plan_drain
@@ -29,6 +31,7 @@ from .protocol import Subscribe, parse_publish, subscribed
 from .ratelimit import LogThrottle
 from .release import SocketRelease
 from .settings import Settings
+from .siblings import Siblings
 
 log = logging.getLogger("wsgateway")
 
@@ -78,9 +81,16 @@ class Gateway:
         self.draining = False
         #: set once a drain (:meth:`drain`) has closed its last client
         self.drained = asyncio.Event()
+        #: called when a drain starts (``serve --workers``: the whole node drains)
+        self.on_drain: Callable[[], None] | None = None
         self._drain: _DrainRun | None = None
         self.relay_failure: str | None = None
         self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
+        #: with ``--workers``: the other workers of this node, whose figures every scrape
+        #: adds (create_app sets it)
+        self.siblings: Siblings | None = None
+        #: every process's record in the broker, for the ``nodes`` view (create_app sets it)
+        self.cluster: Cluster | None = None
 
     # -- the Python API -----------------------------------------------------------------------
 
@@ -242,47 +252,78 @@ class Gateway:
             self._log_broadcast_failure(update.channel)
 
     async def _mend(self, channel: Channel, update: Update, verdict: Verdict) -> None:
-        """An update that is not the next one of its topic (continuity.py)."""
+        """An update that is not the next one of its topic (continuity.py): fill the gap
+        from the broker's history, or tell the subscribers their feed restarted."""
         metrics = channel.metrics
         if verdict is Verdict.DUPLICATE:
             metrics.duplicates.inc()
             return
-        if verdict is Verdict.GAP and await self._fill(channel, update.topic):
-            metrics.repairs["filled"].inc()
-            if channel.positions.classify(update) is Verdict.DUPLICATE:
-                return  # the history reached past it
-        else:
-            # Another epoch, or a gap the history no longer covers: the updates in between
-            # are gone for good; the subscribers are told so, then the feed goes on.
-            channel.reset_topic(update.topic, Position(update.epoch, update.seq - 1))
-            metrics.repairs["reset"].inc()
-        self._broadcast(channel, update)
+        topic = update.topic
+        # A gap is filled from the relayed position; another epoch (the broker lost the
+        # topic's state and numbers it afresh) from its start, if its history has all of it.
+        gap = verdict is Verdict.GAP
+        since = channel.positions.position(topic) if gap else Position(update.epoch, 0)
+        missed = await self._history(channel, topic, since)
+        if missed is not None:
+            if not gap:
+                channel.reset_topic(topic, since)
+            await self._deliver(channel, missed)
+        outcome = "filled" if gap and missed is not None else "reset"
+        after = channel.positions.classify(update)
+        if after is not Verdict.DUPLICATE:  # else the history reached it
+            if after is not Verdict.NEXT:
+                # The updates in between are gone for good: the subscribers are told so,
+                # then the feed goes on.
+                outcome = "reset"
+                channel.reset_topic(topic, Position(update.epoch, update.seq - 1))
+            self._broadcast(channel, update)
+        metrics.repairs[outcome].inc()
 
-    async def _fill(self, channel: Channel, topic: str) -> bool:
-        """Broadcast the updates of ``topic`` after its relayed position from the broker's
-        history; False when the history does not reach back (or cannot be read)."""
-        since = channel.positions.position(topic)
+    async def _history(self, channel: Channel, topic: str, since: Position) -> list[Update] | None:
+        """The updates of ``topic`` after ``since`` from the broker's history; None when it
+        does not reach back, or cannot be read."""
         try:
             history = await asyncio.wait_for(
                 self.broker.history(channel.name, topic, since, channel.limits.max_replay),
                 BROKER_READ_TIMEOUT,
             )
         except (ConnectionError, OSError, TimeoutError):
-            log.warning("could not read the history of %s/%s to fill a gap", channel.name, topic)
-            return False
-        if history.updates is None:
-            return False
-        for missed in history.updates:
+            log.warning("could not read the history of %s/%s to mend it", channel.name, topic)
+            return None
+        return None if history.updates is None else list(history.updates)
+
+    async def _deliver(self, channel: Channel, updates: list[Update]) -> None:
+        """Broadcast missed updates, skipping those relayed meanwhile, in slices."""
+        for missed in updates:
             if channel.positions.classify(missed) is Verdict.NEXT:
                 self._broadcast(channel, missed)
             if channel.turn_bytes >= channel.slice_bytes:
                 await channel.pace()
-        return True
+
+    async def _catch_up(self, channel: Channel, topic: str, position: Position) -> str:
+        """Bring ``topic`` from its relayed position to the broker's ``position``; returns
+        the outcome, "filled" or "reset"."""
+        relayed = channel.positions.position(topic)
+        if position.epoch == relayed.epoch and position.seq > relayed.seq:
+            missed = await self._history(channel, topic, relayed)
+            if missed is not None:
+                await self._deliver(channel, missed)
+                return "filled"
+        elif position.epoch != relayed.epoch and position.seq > 0:
+            missed = await self._history(channel, topic, Position(position.epoch, 0))
+            if missed is not None:
+                channel.reset_topic(topic, Position(position.epoch, 0))
+                await self._deliver(channel, missed)
+                return "reset"
+        # Lost for good (trimmed, expired), or the broker is behind what was relayed here
+        # (acknowledged writes lost in a failover): the subscribers restart from it.
+        channel.reset_topic(topic, position)
+        return "reset"
 
     async def resync(self) -> None:
         """After the broker's live feed came back: check every topic with subscribers here
         against the broker's position; fill what was missed or reset the subscribers."""
-        filled = reset = 0
+        outcomes = {"filled": 0, "reset": 0}
         for channel in self.channels.values():
             topics = []
             for topic in channel.positions.topics():
@@ -301,25 +342,15 @@ class Gateway:
                     log.warning("resync of %s: the broker did not answer", channel.name)
                     return
                 for topic, position in positions.items():
-                    relayed = channel.positions.position(topic)
-                    if position == relayed:
-                        continue
-                    if (
-                        position.epoch == relayed.epoch
-                        and position.seq > relayed.seq
-                        and await self._fill(channel, topic)
-                    ):
-                        channel.metrics.repairs["filled"].inc()
-                        filled += 1
-                    elif position != channel.positions.position(topic):
-                        channel.reset_topic(topic, position)
-                        channel.metrics.repairs["reset"].inc()
-                        reset += 1
-        if filled or reset:
+                    if position != channel.positions.position(topic):
+                        outcome = await self._catch_up(channel, topic, position)
+                        channel.metrics.repairs[outcome].inc()
+                        outcomes[outcome] += 1
+        if outcomes["filled"] or outcomes["reset"]:
             log.warning(
                 "resynchronised with the broker: %d topic(s) filled from history, %d reset",
-                filled,
-                reset,
+                outcomes["filled"],
+                outcomes["reset"],
             )
 
     def _log_broadcast_failure(self, channel: str) -> None:
@@ -371,6 +402,8 @@ class Gateway:
         run.task = asyncio.get_running_loop().create_task(
             self._run_drain(run), name="wsgateway-drain"
         )
+        if self.on_drain is not None:
+            self.on_drain()
         return run.status(started=True)
 
     def hurry_drain(self) -> None:
@@ -424,9 +457,21 @@ class Gateway:
         """Close every client of every channel; returns how many there were."""
         return sum(ch.close_all(code, message, reason) for ch in self.channels.values())
 
-    def metrics_json(self) -> dict[str, Any]:
-        """The ``/api/ws/metrics`` document."""
-        return to_json(self.registry, self.settings.channels, self.clock())
+    async def node_registry(self) -> Collector:
+        """What ``/metrics`` and ``/api/ws/metrics`` show: this process's registry, or with
+        ``--workers`` every worker's series of this node (siblings.py)."""
+        if self.siblings is None:
+            return self.registry
+        return await self.siblings.node_registry()
+
+    def metrics_json(self, registry: Collector | None = None) -> dict[str, Any]:
+        """The ``/api/ws/metrics`` document of ``registry`` (default: this process's), with
+        the cluster's ``nodes``."""
+        view = to_json(
+            self.registry if registry is None else registry, self.settings.channels, self.clock()
+        )
+        view["nodes"] = [] if self.cluster is None else self.cluster.view()
+        return view
 
 
 def _entry(position: Position) -> dict[str, Any]:

@@ -201,7 +201,8 @@ class Listener:
         await runner.setup()
         host = settings.metrics_host or settings.host
         try:
-            site = web.TCPSite(runner, host, settings.metrics_port)
+            # --workers: every worker answers on the metrics port with the node's figures.
+            site = web.TCPSite(runner, host, settings.metrics_port, reuse_port=settings.workers > 1)
             await site.start()
         except OSError as exc:
             await runner.cleanup()

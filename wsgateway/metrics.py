@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from .brokers.base import BrokerStats
 from .scrape import Counter, Gauge, Histogram
 from .settings import FLOAT_LIMITS, Limits
+from .workermetrics import WORKER_LABEL, WORKER_UP
 
 # Closed label sets. Pre-created at start so every series exists (at 0) from the first scrape.
 REJECT_REASONS = (
@@ -432,7 +433,7 @@ class StateCollector(Collector):
 # -- the JSON view ----------------------------------------------------------------------------
 
 
-def _samples(registry: CollectorRegistry) -> Iterator[tuple[str, dict[str, str], float]]:
+def _samples(registry: Collector) -> Iterator[tuple[str, dict[str, str], float]]:
     for family in registry.collect():
         for sample in family.samples:
             yield sample.name, sample.labels, sample.value
@@ -469,8 +470,14 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     return lower_bound
 
 
-def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) -> dict[str, Any]:
-    """The ``/api/ws/metrics`` document, read only from ``registry``."""
+def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[str, Any]:
+    """The ``/api/ws/metrics`` document, read only from ``registry``.
+
+    ``registry`` may hold the series of several workers (``workermetrics.merge``, a
+    ``worker`` label on each): the document shows the node. Counters, connections and
+    histogram buckets add up; the uptime is the oldest worker's; the broker counts as
+    connected only when it is in every worker; limits are the same in every worker.
+    """
     per: dict[str, dict[str, Any]] = {
         name: {
             "total_connections": 0,
@@ -507,28 +514,34 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
         "wsgateway_slow_consumers_total": "slow_consumers",
     }
     start_time = now
-    broker_connected = False
+    broker_states: list[float] = []
     open_sockets = 0
-    latency_buckets: dict[str, list[tuple[float, float]]] = {name: [] for name in channels}
+    workers: dict[str, bool] = {}
+    latency_buckets: dict[str, dict[float, float]] = {name: {} for name in channels}
     for name, labels, value in _samples(registry):
         if name == "wsgateway_start_time_seconds":
-            start_time = value
+            start_time = min(start_time, value)
         elif name == "wsgateway_broker_connected":
-            broker_connected = value == 1
+            broker_states.append(value)
         elif name == "wsgateway_open_sockets":
-            open_sockets = int(value)
+            open_sockets += int(value)
+        elif name == WORKER_UP:
+            workers[labels[WORKER_LABEL]] = value == 1
         channel = per.get(labels.get("channel", ""))
         if channel is None:
             continue
         if name in counters:
             channel[counters[name]] += int(value)
         elif name == "wsgateway_connections_rejected_total":
-            channel["rejected"][labels["reason"]] = int(value)
+            rejected = channel["rejected"]
+            rejected[labels["reason"]] = rejected.get(labels["reason"], 0) + int(value)
         elif name == "wsgateway_limit":
             setting = labels["setting"]
             channel["limits"][setting] = value if setting in FLOAT_LIMITS else int(value)
         elif name == "wsgateway_delivery_latency_seconds_bucket":
-            latency_buckets[labels["channel"]].append((float(labels["le"]), value))
+            counts = latency_buckets[labels["channel"]]
+            le = float(labels["le"])
+            counts[le] = counts.get(le, 0.0) + value
         elif name == "wsgateway_last_error_timestamp_seconds" and value > 0:
             last = channel["last_error"]
             if last is None or value > last["timestamp"]:
@@ -539,19 +552,30 @@ def to_json(registry: CollectorRegistry, channels: Sequence[str], now: float) ->
         channel["success_rate"] = _rate(channel["messages_sent"], channel["messages_failed"])
         channel["uptime"] = uptime
         channel["rate_limits"] = {k: channel["limits"].get(k) for k in RATE_LIMITS[::-1]}
-    for name, buckets in latency_buckets.items():
+    for name, counts in latency_buckets.items():
         per[name]["latency_seconds"] = {
-            f"p{round(q * 100)}": _round(histogram_quantile(q, buckets)) for q in LATENCY_QUANTILES
+            f"p{round(q * 100)}": _round(histogram_quantile(q, list(counts.items())))
+            for q in LATENCY_QUANTILES
         }
     sent = sum(c["messages_sent"] for c in per.values())
     failed = sum(c["messages_failed"] for c in per.values())
-    return {
+    view: dict[str, Any] = {
         "total_active_connections": sum(c["active_connections"] for c in per.values()),
         "open_sockets": open_sockets,
         "total_messages_sent": sent,
         "total_errors": sum(c["errors"] for c in per.values()),
         "overall_success_rate": _rate(sent, failed),
         "uptime_seconds": uptime,
-        "broker_connected": broker_connected,
+        "broker_connected": bool(broker_states) and all(v == 1 for v in broker_states),
         "managers": per,
     }
+    if workers:
+        view["workers"] = {
+            "count": len(workers),
+            "missing": sorted((w for w, up in workers.items() if not up), key=_worker_order),
+        }
+    return view
+
+
+def _worker_order(worker: str) -> tuple[int, str]:
+    return (int(worker), "") if worker.isdigit() else (0, worker)

@@ -463,7 +463,7 @@ async def drain(request: web.Request) -> web.Response:
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: text or OpenMetrics exposition, as the scraper asks."""
-    registry = request.app[GATEWAY].registry
+    registry = await request.app[GATEWAY].node_registry()
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     response = web.Response(body=encoder(registry))
     response.headers["Content-Type"] = content_type
@@ -472,7 +472,8 @@ async def prometheus_metrics(request: web.Request) -> web.Response:
 
 async def json_metrics(request: web.Request) -> web.Response:
     """``GET /api/ws/metrics``: the JSON view of the same registry."""
-    return json_response(request.app[GATEWAY].metrics_json())
+    gateway = request.app[GATEWAY]
+    return json_response(gateway.metrics_json(await gateway.node_registry()))
 
 
 async def healthz(request: web.Request) -> web.Response:
