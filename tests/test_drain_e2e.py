@@ -7,6 +7,7 @@ import re
 import signal
 import time
 from dataclasses import replace
+from typing import Any
 
 import aiohttp
 import pytest
@@ -263,3 +264,39 @@ async def test_a_client_admitted_just_before_the_drain_is_closed_by_it_too(
     for ws in planned + late:
         await asyncio.wait_for(ws.wait_closed(), 5)
         assert ws.close_code == 1012
+
+
+# -- wsgateway serve --workers 2 ------------------------------------------------------------
+
+
+def workers_node(redis_url: str) -> GatewayNode:
+    return GatewayNode(
+        "--workers",
+        "2",
+        "--broker",
+        redis_url,
+        env={
+            "WSGATEWAY_PUBLISH_TOKEN": TOKEN,
+            "WSGATEWAY_DRAIN_SECONDS": "1",
+            "WSGATEWAY_CLOSE_TIMEOUT": "2",
+        },
+    )
+
+
+@pytest.mark.parametrize("how", ["api", "sigterm"])
+async def test_a_drain_of_a_workers_node_drains_every_worker(redis_server: Any, how: str) -> None:
+    """POST /api/drain reaches one worker; the whole node drains (no worker is restarted)."""
+    with workers_node(redis_server.url) as server:
+        clients = await connect_to(server.port, 20)
+        if how == "api":
+            status, body = await asyncio.to_thread(
+                http_json, "POST", server.http + "/api/drain", None, AUTH
+            )
+            assert status == 202 and 0 < body["clients"] <= 20
+        else:
+            server.signal(signal.SIGTERM)
+        for ws in clients:
+            await asyncio.wait_for(ws.wait_closed(), 15)
+        assert [ws.close_code for ws in clients] == [1012] * 20
+        assert await asyncio.to_thread(server.wait, 30) == 0
+    assert "wsgateway stopped" in server.output()
