@@ -266,10 +266,10 @@ async def clients_reach(
         await asyncio.sleep(0.05)
 
 
-async def publish_steadily(url: str, stop: asyncio.Event, per_second: float = 50.0) -> list[int]:
-    """Publish one update every 1/per_second s through HAProxy until ``stop``; the n of
-    each accepted one."""
-    accepted: list[int] = []
+async def publish_steadily(url: str, stop: asyncio.Event, per_second: float = 50.0) -> list[float]:
+    """Publish one update every 1/per_second s through HAProxy until ``stop``; when each
+    accepted one was accepted (time.monotonic)."""
+    accepted: list[float] = []
     n = 0
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
@@ -277,7 +277,7 @@ async def publish_steadily(url: str, stop: asyncio.Event, per_second: float = 50
             try:
                 async with session.post(url + "/api/publish", json=body, headers=AUTH) as r:
                     if r.status == 200:
-                        accepted.append(n)
+                        accepted.append(time.monotonic())
                         n += 1
             except aiohttp.ClientError:
                 pass  # no node reachable for a moment: the same n is sent again
@@ -323,7 +323,9 @@ async def drain_under_load(tmp_path: Path, redis_url: str, how: str) -> None:
             stop_publishing.set()
             accepted = await publisher
             total = len(accepted)
-            assert total >= 100
+            # The feed ran all through the drain (a loaded machine publishes fewer).
+            during = [t for t in accepted if started <= t <= started + drained_in]
+            assert len(during) >= 10, (len(during), total)
             await clients_reach(lambda: all(c.last >= total for c in clients), tasks, 20)
             assert await asyncio.to_thread(active, b) == CLIENTS
         finally:
