@@ -6,8 +6,17 @@ import asyncio
 
 import pytest
 
-from wsgateway.brokers import Message
+from wsgateway.brokers import (
+    NO_POSITION,
+    HistoryPolicy,
+    Message,
+    Position,
+    Resync,
+    Update,
+)
 from wsgateway.brokers.memory import QUEUE_BATCHES, MemoryBroker
+
+from .fakes import FakeClock
 
 
 def message(topic: str = "T") -> Message:
@@ -104,3 +113,103 @@ async def test_stopping_wakes_a_publisher_waiting_for_room() -> None:
     await broker.stop()
     with pytest.raises(ConnectionError):
         await asyncio.wait_for(waiting, 5)
+
+
+# -- numbering, history and expiry ---------------------------------------------------------------
+
+
+async def history_broker(
+    clock: FakeClock, size: int = 3, ttl: float = 60.0, topic_ttl: float = 600.0
+) -> MemoryBroker:
+    broker = MemoryBroker({"ticker": HistoryPolicy(size, ttl, topic_ttl)}, clock)
+    await broker.start()
+    return broker
+
+
+async def drain(broker: MemoryBroker) -> list[Update]:
+    """Every update queued so far, as the relay would take them."""
+    taken: list[Update] = []
+    batches = broker.batches()
+    assert broker._queue is not None
+    while True:
+        batch = await anext(batches)
+        assert not isinstance(batch, Resync)
+        taken.extend(batch)
+        if broker._queue.empty():
+            break
+    await batches.aclose()
+    return taken
+
+
+async def test_each_topic_counts_from_1_in_its_own_epoch() -> None:
+    broker = await history_broker(FakeClock())
+    await broker.publish([message("A"), message("B"), message("A")])
+    updates = await drain(broker)
+    assert [(u.topic, u.seq) for u in updates] == [("A", 1), ("B", 1), ("A", 2)]
+    assert updates[0].epoch == updates[2].epoch != updates[1].epoch
+    assert len(updates[0].epoch) == 8
+    positions = await broker.positions("ticker", ["A", "B", "never"])
+    assert positions == {
+        "A": Position(updates[0].epoch, 2),
+        "B": Position(updates[1].epoch, 1),
+        "never": NO_POSITION,
+    }
+    assert len(broker._topics) == 2  # asking about "never" created nothing
+
+
+async def test_history_gives_what_was_missed_while_it_has_all_of_it() -> None:
+    broker = await history_broker(FakeClock(), size=3)
+    for _ in range(5):
+        await broker.publish([message("A")])
+    epoch = (await broker.positions("ticker", ["A"]))["A"].epoch
+    answer = await broker.history("ticker", "A", Position(epoch, 2), 100)
+    assert answer.position == Position(epoch, 5)
+    assert answer.updates is not None and [u.seq for u in answer.updates] == [3, 4, 5]
+    assert (await broker.history("ticker", "A", Position(epoch, 5), 100)).updates == []
+    # Trimmed (only the last 3 are kept), over the limit, another epoch: not recoverable.
+    assert (await broker.history("ticker", "A", Position(epoch, 1), 100)).updates is None
+    assert (await broker.history("ticker", "A", Position(epoch, 3), 1)).updates is None
+    assert (await broker.history("ticker", "A", Position("other", 3), 100)).updates is None
+    # Ahead of the topic (a position from a lost past): not recoverable either.
+    assert (await broker.history("ticker", "A", Position(epoch, 9), 100)).updates is None
+
+
+async def test_the_position_of_a_topic_without_state_resumes_from_its_first_update() -> None:
+    broker = await history_broker(FakeClock(), size=10)
+    await broker.publish([message("A"), message("A")])
+    answer = await broker.history("ticker", "A", NO_POSITION, 100)
+    assert answer.updates is not None and [u.seq for u in answer.updates] == [1, 2]
+    missing = await broker.history("ticker", "never", NO_POSITION, 100)
+    assert (missing.position, missing.updates) == (NO_POSITION, [])
+
+
+async def test_history_is_dropped_after_its_ttl_and_numbering_after_the_topic_ttl() -> None:
+    clock = FakeClock()
+    broker = await history_broker(clock, size=10, ttl=60, topic_ttl=600)
+    await broker.publish([message("A"), message("A")])
+    epoch = (await broker.positions("ticker", ["A"]))["A"].epoch
+    clock.advance(61)
+    gone = await broker.history("ticker", "A", Position(epoch, 0), 100)
+    assert (gone.position, gone.updates) == (Position(epoch, 2), None)  # numbering kept
+    clock.advance(600)
+    assert (await broker.positions("ticker", ["A"]))["A"] == NO_POSITION
+    await broker.publish([message("A")])
+    restarted = (await broker.positions("ticker", ["A"]))["A"]
+    assert restarted.seq == 1 and restarted.epoch != epoch
+
+
+async def test_per_topic_state_is_bounded_by_the_topics_published_recently() -> None:
+    """200,000 distinct topics published once are all forgotten after topic_ttl: the state
+    does not grow with every topic ever published."""
+    clock = FakeClock()
+    broker = await history_broker(clock, size=2, ttl=60, topic_ttl=120)
+    for start in range(0, 200_000, 10_000):
+        await broker.publish([message(f"T{n}") for n in range(start, start + 10_000)])
+        await drain(broker)
+    assert len(broker._topics) == 200_000
+    clock.advance(61)
+    await broker.publish([message("fresh")])
+    assert len(broker._with_history) == 1  # every other history dropped
+    clock.advance(60)
+    await broker.publish([message("fresh")])
+    assert len(broker._topics) == 1
