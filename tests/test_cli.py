@@ -63,7 +63,13 @@ def server() -> Iterator[Server]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env({"WSGATEWAY_JWT_SECRET": JWT_SECRET, "WSGATEWAY_PUBLISH_TOKEN": PUBLISH_TOKEN}),
+        env=_env(
+            {
+                "WSGATEWAY_JWT_SECRET": JWT_SECRET,
+                "WSGATEWAY_PUBLISH_TOKEN": PUBLISH_TOKEN,
+                "WSGATEWAY_DRAIN_SECONDS": "0.3",
+            }
+        ),
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -200,7 +206,7 @@ def test_publish_subscribe_metrics_and_graceful_shutdown(server: Server) -> None
     raw = wsgateway("metrics", "--json", "--url", server.url)
     assert json.loads(raw.stdout)["managers"]["ticker"]["messages_published"] == 2
 
-    # SIGTERM: every client is closed with 1001 and the process exits 0.
+    # SIGTERM: the node drains (every client closed with 1012) and the process exits 0.
     with contextlib.ExitStack() as stack:
         clients = [
             stack.enter_context(connect(f"{server.ws}/ws/{name}"))
@@ -213,7 +219,7 @@ def test_publish_subscribe_metrics_and_graceful_shutdown(server: Server) -> None
         for ws in clients:
             with pytest.raises(ConnectionClosed):
                 ws.recv(timeout=10)
-            assert ws.close_code == 1001
+            assert ws.close_code == 1012
     assert code == 0 and "wsgateway stopped" in out
 
 

@@ -210,7 +210,12 @@ async def test_the_api_index_lists_only_the_routes_of_its_port(
     start_gateway: StartGateway,
 ) -> None:
     gw = await start_gateway(Settings(metrics_port=0))
-    assert (await gw.get_json("/api"))["endpoints"] == ["/api/publish", "/healthz", "/readyz"]
+    assert (await gw.get_json("/api"))["endpoints"] == [
+        "/api/publish",
+        "/api/drain",
+        "/healthz",
+        "/readyz",
+    ]
 
 
 @pytest.mark.attack

@@ -281,5 +281,12 @@ async def test_api_is_the_json_index(gw: RunningGateway) -> None:
     assert await gw.get_json("/api") == {
         "service": "wsgateway",
         "channels": {name: f"/ws/{name}" for name in gw.gateway.channels},
-        "endpoints": ["/api/publish", "/metrics", "/api/ws/metrics", "/healthz", "/readyz"],
+        "endpoints": [
+            "/api/publish",
+            "/api/drain",
+            "/metrics",
+            "/api/ws/metrics",
+            "/healthz",
+            "/readyz",
+        ],
     }

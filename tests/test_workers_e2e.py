@@ -125,7 +125,8 @@ def start_node(redis_server: Any, tmp_path: Path) -> Iterator[StartNode]:
                     redis_server.url,
                 ],
                 cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                # SIGTERM drains: over 1 s here rather than the default 10.
+                env={**os.environ, "PYTHONPATH": str(ROOT), "WSGATEWAY_DRAIN_SECONDS": "1"},
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
@@ -222,12 +223,12 @@ async def test_two_workers_share_the_port_the_feed_and_the_figures(start_node: S
         assert {n["worker"] for n in view["nodes"]} == {0, 1}
         assert {n["address"] for n in view["nodes"]} == {f"127.0.0.1:{node.port}"}
 
-        # SIGTERM: every client is closed with 1001, every process is gone within seconds.
+        # SIGTERM: every worker drains (1012), every process is gone within seconds.
         started = time.monotonic()
         node.process.send_signal(signal.SIGTERM)
         for ws in clients:
             await asyncio.wait_for(ws.wait_closed(), 10)
-            assert ws.close_code == 1001
+            assert ws.close_code == 1012
     code = await asyncio.to_thread(node.process.wait, 10)
     assert code == 0, node.log()
     assert time.monotonic() - started < 10

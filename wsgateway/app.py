@@ -107,8 +107,14 @@ async def _demo_feed(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_clients(app: web.Application) -> None:
-    """Graceful shutdown: refuse new clients, close every open one with 1001."""
+    """Graceful shutdown: refuse new clients, close every open one with 1001.
+
+    At once, not in a drain's batches: an application's cleanup (and every test's) must not
+    wait ``drain_seconds``. A drain is what SIGTERM and ``POST /api/drain`` start; one still
+    under way here stops where it stands and the rest go now.
+    """
     gateway = app[GATEWAY]
+    await gateway.end_drain()
     gateway.start_draining()
     closed = gateway.close_all(
         ServerShutdown.close_code, "server shutting down", ServerShutdown.reason

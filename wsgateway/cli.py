@@ -25,6 +25,7 @@ from .app import create_app, metrics_address
 from .auth import is_loopback_host
 from .cluster import node_address
 from .errors import GatewayError, SettingsError
+from .gateway import Gateway
 from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
 from .siblings import WorkerRole
@@ -230,16 +231,17 @@ async def _serve(
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=AccessLogger, shutdown_timeout=10.0
     )
+    gateway = app[GATEWAY]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    drain = _DrainSignals(gateway, supervisor=worker is not None)
+    loop.add_signal_handler(signal.SIGTERM, drain.on_sigterm)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=worker is not None)
         await site.start()
         port = _bound_port(runner) or settings.port
-        gateway = app[GATEWAY]
         if gateway.cluster is not None:
             gateway.cluster.listening_on(node_address(settings.host, port))
         channels = ", ".join(gateway.channels)
@@ -254,14 +256,52 @@ async def _serve(
                 f"{f'; metrics on http://{metrics[0]}:{metrics[1]}' if metrics else ''})",
                 flush=True,
             )
-        await stop.wait()
+        # SIGINT stops at once; SIGTERM and POST /api/drain drain first, then stop.
+        stopped = asyncio.ensure_future(stop.wait())
+        drained = asyncio.ensure_future(gateway.drained.wait())
+        try:
+            await asyncio.wait((stopped, drained), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            drained.cancel()
         if worker is None:
-            print("wsgateway shutting down: closing clients with 1001", flush=True)
+            if stop.is_set():
+                print("wsgateway shutting down: closing clients with 1001", flush=True)
+            else:
+                print("wsgateway drained: shutting down", flush=True)
     finally:
         await runner.cleanup()
     if worker is None:
         print("wsgateway stopped", flush=True)
     return EXIT_OK
+
+
+class _DrainSignals:
+    """SIGTERM drains the node (Gateway.drain); a second one closes the rest at once.
+
+    As one of ``--workers N`` (``supervisor``), a drain that ``POST /api/drain`` started
+    here concerns the whole node, not this worker alone (the supervisor would restart a
+    worker that exits by itself): this worker sends SIGTERM to the supervisor, which
+    forwards it to every worker, this one included, which then joins the drain under way.
+    """
+
+    def __init__(self, gateway: Gateway, *, supervisor: bool) -> None:
+        self.gateway = gateway
+        self.sigterms = 0
+        if supervisor:
+            gateway.on_drain = self.tell_supervisor
+
+    def on_sigterm(self) -> None:
+        self.sigterms += 1
+        if self.sigterms == 1:
+            self.gateway.drain()  # joins a drain that POST /api/drain started
+        else:
+            log.info("SIGTERM again: closing the remaining clients now")
+            self.gateway.hurry_drain()
+
+    def tell_supervisor(self) -> None:
+        if self.sigterms == 0:  # not the supervisor's own SIGTERM: the API started it
+            os.kill(os.getppid(), signal.SIGTERM)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

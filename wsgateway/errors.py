@@ -14,7 +14,7 @@ the data a reply needs. Each branch declares how it reaches the outside world:
      │    ├── TooManyConnectionsFromAddress 429
      │    ├── ChannelFull                 503
      │    └── Draining                    503
-     ├── PublishError             a bad POST /api/publish (HTTP status, names the field)
+     ├── PublishError             a bad POST /api/publish or /api/drain (HTTP status, field)
      │    ├── PublishUnauthorized         401
      │    ├── PublishForbidden            403
      │    │    ├── PublishForbiddenOrigin 403 (loopback rule: a browser page from elsewhere)
@@ -29,7 +29,8 @@ the data a reply needs. Each branch declares how it reaches the outside world:
           ├── UnsupportedData             1003
           ├── PolicyViolation             1008
           ├── SlowConsumer                1013
-          └── ServerShutdown              1001
+          ├── ServerShutdown              1001
+          └── ServiceRestart              1012 (a drain: reconnect, to another node)
 
 Exactly one place turns them into HTTP answers and close frames (``web.py``) and one place
 into exit codes (``cli.py``).
@@ -256,3 +257,11 @@ class SlowConsumer(CloseConnection):
 class ServerShutdown(CloseConnection):
     close_code = 1001
     reason = "shutdown"
+
+
+class ServiceRestart(CloseConnection):
+    """The node is draining (SIGTERM, ``POST /api/drain``): come back, through the load
+    balancer, to another node (RFC 6455 1012, "service restart")."""
+
+    close_code = 1012
+    reason = "draining"

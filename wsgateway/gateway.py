@@ -8,7 +8,10 @@ calls :meth:`Gateway.publish` directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +24,8 @@ from .channel import REJECTION_LOG_INTERVAL, Channel
 from .cluster import Cluster
 from .connection import Connection
 from .continuity import Verdict
-from .errors import BrokerUnavailable, ClientError, Unavailable
+from .drain import DrainPlan, plan_drain
+from .errors import BrokerUnavailable, ClientError, ServiceRestart, Unavailable
 from .metrics import GatewayMetrics, StateCollector, to_json
 from .protocol import Subscribe, parse_publish, subscribed
 from .ratelimit import LogThrottle
@@ -75,6 +79,11 @@ class Gateway:
             )
         )
         self.draining = False
+        #: set once a drain (:meth:`drain`) has closed its last client
+        self.drained = asyncio.Event()
+        #: called when a drain starts (``serve --workers``: the whole node drains)
+        self.on_drain: Callable[[], None] | None = None
+        self._drain: _DrainRun | None = None
         self.relay_failure: str | None = None
         self._log_throttle = LogThrottle(REJECTION_LOG_INTERVAL)
         #: with ``--workers``: the other workers of this node, whose figures every scrape
@@ -373,6 +382,77 @@ class Gateway:
         for channel in self.channels.values():
             channel.draining = True
 
+    def drain(
+        self, seconds: float | None = None, *, rng: random.Random | None = None
+    ) -> DrainStatus:
+        """Drain this node: refuse new clients and answer ``/readyz`` 503 at once, then close
+        every client with 1012 in jittered batches over ``seconds`` (default
+        ``drain_seconds``; ``drain.py`` plans them); :attr:`drained` is set after the last.
+
+        Idempotent: during a drain it starts nothing and returns where that drain stands.
+        """
+        if self._drain is not None:
+            return self._drain.status(started=False)
+        self.start_draining()
+        clients = [(ch, conn) for ch in self.channels.values() for conn in ch.connections]
+        span = self.settings.drain_seconds if seconds is None else seconds
+        plan = plan_drain(clients, span, rng or random.Random())
+        run = self._drain = _DrainRun(plan)
+        log.info("draining: closing %d client(s) with 1012 over %.1f s", plan.clients, plan.seconds)
+        run.task = asyncio.get_running_loop().create_task(
+            self._run_drain(run), name="wsgateway-drain"
+        )
+        if self.on_drain is not None:
+            self.on_drain()
+        return run.status(started=True)
+
+    def hurry_drain(self) -> None:
+        """Close what a drain in progress has not closed yet, now (a second SIGTERM)."""
+        if self._drain is not None:
+            self._drain.hurry.set()
+
+    async def end_drain(self) -> None:
+        """Stop a drain in progress where it stands (the app is shutting down, and closes
+        the rest with 1001 itself)."""
+        task = self._drain.task if self._drain is not None else None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run_drain(self, run: _DrainRun) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            for batch in run.plan.batches:
+                delay = started + batch.at - loop.time()
+                if delay > 0 and not run.hurry.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(run.hurry.wait(), delay)
+                for channel, conn in batch.clients:
+                    if not conn.closing:  # not gone on its own meanwhile
+                        channel.close(
+                            conn, ServiceRestart.close_code, "draining", ServiceRestart.reason
+                        )
+                        run.closed += 1
+            # A client whose upgrade was admitted just before the drain began opens just
+            # after it: not in the plan, closed here rather than left to the 1001 at exit.
+            run.closed += self.close_all(
+                ServiceRestart.close_code, "draining", ServiceRestart.reason
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Never silent; the process still exits, and its shutdown closes the rest (1001).
+            log.exception("the drain failed; the rest of the clients are closed with 1001")
+        log.info(
+            "drained: closed %d client(s) with 1012 in %.1f s (%d when the drain began)",
+            run.closed,
+            loop.time() - started,
+            run.plan.clients,
+        )
+        self.drained.set()
+
     def close_all(self, code: int, message: str, reason: str) -> int:
         """Close every client of every channel; returns how many there were."""
         return sum(ch.close_all(code, message, reason) for ch in self.channels.values())
@@ -396,3 +476,30 @@ class Gateway:
 
 def _entry(position: Position) -> dict[str, Any]:
     return {"seq": position.seq, "epoch": position.epoch}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DrainStatus:
+    """Where a drain stands: the ``POST /api/drain`` answer."""
+
+    #: clients the drain closes in all (those connected when it started)
+    clients: int
+    #: the span it spreads them over
+    seconds: float
+    #: clients it has closed so far
+    closed: int
+    #: True when this call started it, False when a drain was already under way
+    started: bool
+
+
+class _DrainRun:
+    """One drain under way: its plan, its task, how far it got."""
+
+    def __init__(self, plan: DrainPlan[tuple[Channel, Connection]]) -> None:
+        self.plan = plan
+        self.closed = 0
+        self.hurry = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def status(self, *, started: bool) -> DrainStatus:
+        return DrainStatus(self.plan.clients, self.plan.seconds, self.closed, started)

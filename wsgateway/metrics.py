@@ -52,6 +52,7 @@ DISCONNECT_REASONS = (
     "token_expired",
     "connection_lost",
     "shutdown",
+    "draining",
     "internal_error",
 )
 CLIENT_ERROR_CODES = (

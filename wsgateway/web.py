@@ -396,16 +396,7 @@ async def publish(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     try:
         headers = request.headers
-        check_publisher(
-            bearer_token(headers.get("Authorization")),
-            gateway.settings.publish_token,
-            client_of(request),
-            host=headers.get("Host"),
-            origin=headers.get("Origin"),
-            content_type=headers.get("Content-Type"),
-            bound_host=gateway.settings.host,
-            relayed=CLIENT not in request and any(h in headers for h in FORWARDING_HEADERS),
-        )
+        _check_publisher(request, gateway)
         protocol.check_content_encoding(headers.getall("Content-Encoding", ()))
         try:
             body = await request.read()
@@ -425,6 +416,49 @@ async def publish(request: web.Request) -> web.Response:
             {"error": exc.code, "field": exc.field, "message": exc.message}, exc.status, retry
         )
     return json_response({"accepted": accepted})
+
+
+def _check_publisher(request: web.Request, gateway: Gateway) -> None:
+    """The publish rule (auth.check_publisher) for a request to ``/api/publish`` or
+    ``/api/drain``: the publish token, or without one a loopback client acting locally."""
+    headers = request.headers
+    check_publisher(
+        bearer_token(headers.get("Authorization")),
+        gateway.settings.publish_token,
+        client_of(request),
+        host=headers.get("Host"),
+        origin=headers.get("Origin"),
+        content_type=headers.get("Content-Type"),
+        bound_host=gateway.settings.host,
+        relayed=CLIENT not in request and any(h in headers for h in FORWARDING_HEADERS),
+    )
+
+
+async def drain(request: web.Request) -> web.Response:
+    """``POST /api/drain``: drain this node (Gateway.drain), then the process exits.
+
+    Whoever may publish may drain (same credentials, same refusals); the body is not read.
+    202, also when a drain is already under way (``"started": false``): a deploy script
+    that retries gets the drain it asked for, not an error.
+    """
+    gateway = request.app[GATEWAY]
+    try:
+        _check_publisher(request, gateway)
+    except PublishError as exc:
+        return json_response(
+            {"error": exc.code, "field": exc.field, "message": exc.message}, exc.status
+        )
+    status = gateway.drain()
+    return json_response(
+        {
+            "draining": True,
+            "started": status.started,
+            "clients": status.clients,
+            "seconds": status.seconds,
+            "closed": status.closed,
+        },
+        202,
+    )
 
 
 async def prometheus_metrics(request: web.Request) -> web.Response:
@@ -476,7 +510,7 @@ async def index(request: web.Request) -> web.Response:
         {
             "service": "wsgateway",
             "channels": {name: f"/ws/{name}" for name in gateway.channels},
-            "endpoints": ["/api/publish", *metrics, "/healthz", "/readyz"],
+            "endpoints": ["/api/publish", "/api/drain", *metrics, "/healthz", "/readyz"],
         }
     )
 
@@ -521,6 +555,7 @@ def add_routes(app: web.Application, *, metrics: bool = True) -> None:
     app.router.add_get("/api", index)
     app.router.add_get("/ws/{channel}", websocket)
     app.router.add_post("/api/publish", publish)
+    app.router.add_post("/api/drain", drain)
     if metrics:
         app.router.add_get("/metrics", prometheus_metrics)
         app.router.add_get("/api/ws/metrics", json_metrics)
