@@ -8,80 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from wsgateway.brokers import (
-    NO_POSITION,
-    RESYNC,
-    BrokerStats,
-    History,
-    Message,
-    Position,
-    Resync,
-    Update,
-)
-from wsgateway.brokers.memory import recent
+from wsgateway.brokers import RESYNC
 from wsgateway.errors import Unavailable
 from wsgateway.gateway import Gateway
 from wsgateway.protocol import Subscribe
 from wsgateway.settings import Settings
 
 from .fakes import FakeTransport, RecordingCloser, make_update, subscribe, written_messages
+from .scripted_broker import ScriptedBroker
 
 CHANNEL = "ticker"
-
-
-class ScriptedBroker:
-    """A broker whose live feed is what the test puts in, and whose positions and history
-    are what the test says the server holds (``held``: each topic's kept updates)."""
-
-    def __init__(self) -> None:
-        self.feed: asyncio.Queue[Sequence[Update] | Resync | None] = asyncio.Queue()
-        self.held: dict[str, list[Update]] = {}
-        #: each topic's position on the server (its top, even when the history is trimmed)
-        self.tops: dict[str, Position] = {}
-
-    @property
-    def connected(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        self.feed.put_nowait(None)
-
-    async def publish(self, messages: Sequence[Message]) -> int:
-        raise NotImplementedError
-
-    async def batches(self) -> AsyncIterator[Sequence[Update] | Resync]:
-        while (item := await self.feed.get()) is not None:
-            yield item
-
-    async def positions(self, channel: str, topics: Sequence[str]) -> dict[str, Position]:
-        return {topic: self.tops.get(topic, NO_POSITION) for topic in topics}
-
-    async def history(self, channel: str, topic: str, since: Position, limit: int) -> History:
-        position = self.tops.get(topic, NO_POSITION)
-        return History(position, recent(self.held.get(topic, []), position, since, limit))
-
-    def stats(self) -> BrokerStats:
-        return BrokerStats()
-
-    async def put_node(self, node: str, record: bytes, ttl: float) -> None:
-        pass
-
-    async def nodes(self) -> Mapping[str, bytes]:
-        return {}
-
-    def server_holds(self, topic: str, epoch: str, seqs: range, top: int | None = None) -> None:
-        """The server now holds ``seqs`` of ``topic`` in ``epoch`` (its top: the last)."""
-        self.held[topic] = [make_update(topic, seq, epoch=epoch) for seq in seqs]
-        self.tops[topic] = Position(epoch, seqs[-1] if top is None else top)
 
 
 @contextlib.asynccontextmanager
@@ -152,20 +94,11 @@ async def test_a_new_epoch_whose_start_is_no_longer_kept_resets_to_its_top() -> 
     assert repairs(gateway, "reset") == 1
 
 
-class UnreachableBroker(ScriptedBroker):
-    """Redis is down: every read fails."""
-
-    async def positions(self, channel: str, topics: Sequence[str]) -> dict[str, Position]:
-        raise ConnectionError("redis is unreachable")
-
-    async def history(self, channel: str, topic: str, since: Position, limit: int) -> History:
-        raise ConnectionError("redis is unreachable")
-
-
 async def test_a_subscribe_the_broker_cannot_answer_subscribes_nothing_not_even_known_topics() -> (
     None
 ):
-    broker = UnreachableBroker()
+    broker = ScriptedBroker()
+    broker.unreachable = True
     gateway = Gateway(Settings(channels=(CHANNEL,)), broker, CollectorRegistry())
     channel = gateway.channels[CHANNEL]
     channel.positions.advance("BTC-USD", "e1", 4)  # relayed here: known without the broker
