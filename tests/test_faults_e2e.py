@@ -115,6 +115,16 @@ class Client:
         await self._task
 
 
+def two_nodes_of_clients(node_a: RunningGateway, node_b: RunningGateway) -> list[Any]:
+    """Three clients on node A with overlapping topics, one on node B with all of them."""
+    return [
+        Client.connect(node_a, ALL[:2]),
+        Client.connect(node_a, ALL[1:]),
+        Client.connect(node_a, ALL),
+        Client.connect(node_b, ALL),
+    ]
+
+
 @contextlib.asynccontextmanager
 async def clients(*connecting: Any) -> Any:
     """Connect the clients given as awaitables; all are closed afterwards."""
@@ -305,12 +315,7 @@ async def test_redis_down_for_5_s_clients_stay_connected_and_miss_nothing(
     node_a = await start_gateway(settings)  # the clients' node
     node_b = await start_gateway(settings)  # the publisher's node (one client too)
     async with (
-        clients(
-            Client.connect(node_a, ALL[:2]),
-            Client.connect(node_a, ALL[1:]),
-            Client.connect(node_a, ALL),
-            Client.connect(node_b, ALL),
-        ) as connected,
+        clients(*two_nodes_of_clients(node_a, node_b)) as connected,
         publishing(node_b) as publisher,
     ):
         await publisher.rounds(10)
@@ -376,12 +381,7 @@ async def test_redis_restarted_empty_every_subscriber_gets_reset_and_a_new_epoch
     node_a = await start_gateway(settings)
     node_b = await start_gateway(settings)
     async with (
-        clients(
-            Client.connect(node_a, ALL[:2]),
-            Client.connect(node_a, ALL[1:]),
-            Client.connect(node_a, ALL),
-            Client.connect(node_b, ALL),
-        ) as connected,
+        clients(*two_nodes_of_clients(node_a, node_b)) as connected,
         publishing(node_b) as publisher,
     ):
         await publisher.rounds(5)
