@@ -155,3 +155,25 @@ async def test_reset_reaches_subscribers_and_wildcards_and_turns_pending_replies
         }
         assert (first["seq"], first["epoch"]) == (1, "e2")  # seq 1 names its epoch
     assert h.value("wsgateway_resets_sent_total") == 2
+
+
+async def test_a_known_topic_waits_with_the_others_when_the_reply_needs_the_broker() -> None:
+    """Nothing of a subscribe reaches the client before its reply: a topic known here joins
+    through a recovery too when another topic of the request needs the broker."""
+    h = make_channel()
+    h.channel.broadcast(update(1))
+    client = h.open()
+    joining = h.channel.subscribe(client.conn, ["BTC-USD", "ETH-USD"])
+    assert joining.known == {"BTC-USD": Position("e1", 1)}
+    assert sorted(r.topic for r in joining.pending) == ["BTC-USD", "ETH-USD"]
+    h.channel.broadcast(update(2))  # while the broker is asked about ETH-USD: held back
+    h.channel.flush()
+    assert client.messages() == []
+    btc = next(r for r in joining.pending if r.topic == "BTC-USD")
+    outcome = h.channel.complete(btc, History(Position("e1", 1), []))
+    assert outcome is not None and outcome.reply_entry() == {"seq": 1, "epoch": "e1"}
+    for frame in outcome.frames:
+        h.channel.send_frame(client.conn, frame)
+    h.channel.broadcast(update(3))  # joined: live from here
+    h.channel.flush()
+    assert seqs(client) == [2, 3]

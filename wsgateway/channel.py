@@ -199,8 +199,9 @@ class Channel:
         """Add ``topics`` to ``conn``; raise ClientError when they are not allowed.
 
         A topic whose position this process knows, asked without ``since``, is joined at
-        once. The others join through a :class:`Recovery` that buffers their live updates
-        until :meth:`complete` hands it the broker's answer (``Joining.pending``).
+        once (``Joining.known``), unless the reply must wait for the broker anyway. The others
+        join through a :class:`Recovery` that buffers their live updates until
+        :meth:`complete` hands it the broker's answer (``Joining.pending``).
         """
         topics = tuple(dict.fromkeys(topics))
         if conn.closing:
@@ -238,13 +239,24 @@ class Channel:
             asked = since.get(topic)
             known = self.positions.get(topic)
             if asked is None and known is not None:
-                self._topics.setdefault(topic, set()).add(conn)
                 joining.known[topic] = known
             else:
-                recovery = Recovery(conn, topic, asked)
-                self._recovering.setdefault(topic, {})[conn] = recovery
-                joining.pending.append(recovery)
+                self._start_recovery(joining, Recovery(conn, topic, asked))
+        immediate = [t for t in joining.known if t in new]
+        if joining.pending or joining.lookup:
+            # The reply waits for the broker: updates of the topics known here must not
+            # reach the client before it either. They join through a recovery too, one
+            # whose answer is their known position (Gateway.subscribe asks nothing for it).
+            for topic in immediate:
+                self._start_recovery(joining, Recovery(conn, topic, None))
+        else:
+            for topic in immediate:
+                self._topics.setdefault(topic, set()).add(conn)
         return joining
+
+    def _start_recovery(self, joining: Joining, recovery: Recovery) -> None:
+        self._recovering.setdefault(recovery.topic, {})[recovery.conn] = recovery
+        joining.pending.append(recovery)
 
     def complete(self, recovery: Recovery, history: History) -> Outcome | None:
         """Merge the broker's answer into a pending recovery (resume.py) and queue the

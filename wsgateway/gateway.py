@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
 from .brokers import Broker, History, Message, Position, Resync, Update
-from .channel import REJECTION_LOG_INTERVAL, Channel
+from .channel import REJECTION_LOG_INTERVAL, Channel, Joining
 from .cluster import Cluster
 from .connection import Connection
 from .continuity import Verdict
@@ -144,7 +144,7 @@ class Gateway:
         if joining.pending or joining.lookup:
             try:
                 histories, looked_up = await asyncio.wait_for(
-                    self._read_broker(channel, joining.pending, joining.lookup),
+                    self._read_broker(channel, joining),
                     BROKER_READ_TIMEOUT,
                 )
             except (ConnectionError, OSError, TimeoutError) as exc:
@@ -173,23 +173,28 @@ class Gateway:
             channel.send_frame(conn, frame)
 
     async def _read_broker(
-        self, channel: Channel, pending: list[Any], lookup: list[str]
+        self, channel: Channel, joining: Joining
     ) -> tuple[list[History], dict[str, Position]]:
+        """The broker's answer for each pending recovery of ``joining`` (its position, with
+        the missed updates when it resumes), and the positions of ``joining.lookup``."""
         broker = self.broker
         name = channel.name
         limit = channel.limits.max_replay
-        plain = [r.topic for r in pending if r.since is None]
-        positions = await broker.positions(name, [*plain, *lookup]) if plain or lookup else {}
-        resumed = [r for r in pending if r.since is not None]
+        known = joining.known
+        asked = [r.topic for r in joining.pending if r.since is None and r.topic not in known]
+        asked += joining.lookup
+        positions = await broker.positions(name, asked) if asked else {}
+        positions.update(known)
+        resumed = {r.topic: r.since for r in joining.pending if r.since is not None}
         answers = await asyncio.gather(
-            *(broker.history(name, r.topic, r.since, limit) for r in resumed)
+            *(broker.history(name, topic, since, limit) for topic, since in resumed.items())
         )
-        by_topic = dict(zip((r.topic for r in resumed), answers, strict=True))
+        by_topic = dict(zip(resumed, answers, strict=True))
         histories = [
             by_topic[r.topic] if r.since is not None else History(positions[r.topic], [])
-            for r in pending
+            for r in joining.pending
         ]
-        return histories, {topic: positions[topic] for topic in lookup}
+        return histories, {topic: positions[topic] for topic in joining.lookup}
 
     # -- lifecycle ----------------------------------------------------------------------------
 
