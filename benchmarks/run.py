@@ -174,7 +174,7 @@ class Sizes:
     settle: float = 1.0  # idle: seconds to let the server settle before reading RSS
     #: redis_work: subscribers of one topic, at one paced rate (the same for each count)
     redis_work: tuple[int, ...] = (100, 5000)
-    redis_work_rate: int = 200
+    redis_work_rate: int = 20  # 5,000 x 20 msg/s, one write per client each: any server keeps up
 
 
 QUICK = Sizes(
