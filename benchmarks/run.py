@@ -950,6 +950,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({REDIS_GATEWAY}), beside wsgateway on the memory broker",
     )
     parser.add_argument(
+        "--redis-core",
+        choices=("generator", "server"),
+        default="generator",
+        help="the core redis-server is pinned to (default: the generator's, so that the "
+        "server's core stays its own)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         choices=(1, 2),
@@ -1027,8 +1034,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(SERVERS[name].redis for name in servers):
             # On the generator's core: the server's core stays the server's alone (Redis
             # spends ~10 µs per published message, a few % of a core in these scenarios).
-            suite.redis = stack.enter_context(redis_server(core=cores()[1]))
-            meta["redis"] = {"url": suite.redis.url, "core": cores()[1]}
+            core = cores()[1 if args.redis_core == "generator" else 0]
+            suite.redis = stack.enter_context(redis_server(core=core))
+            meta["redis"] = {"url": suite.redis.url, "core": core}
         failures = suite.execute(logs, logs, say)
     meta["seconds"] = round(time.monotonic() - started, 1)
 
