@@ -58,3 +58,35 @@ async def test_wsgateway_bench_drives_a_running_gateway(gw: RunningGateway) -> N
     result = json.loads(out.decode().strip().splitlines()[-1])
     assert result["connected"] == 20 and result["delivered"] > 0
     assert result["publish_errors"] == 0 and result["lost_connections"] == 0
+
+
+@pytest.mark.timeout(200)
+def test_quick_run_on_redis_sets_wsgateway_on_redis_beside_memory(tmp_path: Path) -> None:
+    """`--broker redis --workers 2` starts its own redis-server and reports Redis's work."""
+    results = tmp_path / "quick-redis.json"
+    run = subprocess.run(
+        [
+            sys.executable, "benchmarks/run.py", "--quick", "--broker", "redis",
+            "--workers", "2", "--servers", "wsgateway", "--scenarios", "burst,redis_work",
+            "--json", str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "### Goals (issue 8)" in run.stdout
+    document = json.loads(results.read_text())
+    assert document["meta"]["skipped_servers"] == {}
+    medians = document["medians"]
+    burst = next(v for k, v in medians.items() if k.startswith("burst"))
+    assert set(burst) == {"wsgateway", "wsgateway-redis", "wsgateway-redis-w2"}
+    assert all(figures["delivered"] > 0 for figures in burst.values())
+    work = [v for k, v in medians.items() if k.startswith("redis_work")]
+    assert len(work) == 2
+    for by_server in work:
+        assert set(by_server) == {"wsgateway-redis", "wsgateway-redis-w2"}
+        for figures in by_server.values():
+            # a paced publish is one script call: a handful of Redis commands per message
+            assert 1 <= figures["redis.calls_per_message"] < 50

@@ -13,13 +13,20 @@ from wsgateway.brokers.redis_codec import decode_updates
 
 
 def frame(ts: str, *updates: tuple[int, str, bytes, bytes]) -> bytes:
-    """A frame as scripts/publish.lua builds it."""
-    header = b" ".join(
-        b"%d %s %d %d" % (seq, epoch.encode(), len(topic), len(data))
-        for seq, epoch, topic, data in updates
-    )
-    body = b"".join(topic + data for _, _, topic, data in updates)
-    return b"W1 " + ts.encode() + b" " + header + b"\n" + body
+    """A frame as scripts/publish.lua builds it: each topic listed once, with the seq of
+    its first update in the frame and its epoch; then each update's topic index and data
+    length (a topic's updates must have consecutive seqs, as the script numbers them)."""
+    listed: dict[bytes, int] = {}
+    table: list[bytes] = []
+    layout: list[bytes] = []
+    for seq, epoch, topic, data in updates:
+        if topic not in listed:
+            listed[topic] = len(listed) + 1
+            table.append(b"%d %s %d" % (seq, epoch.encode(), len(topic)))
+        layout.append(b"%d %d" % (listed[topic], len(data)))
+    header = b"%d " % len(listed) + b" ".join(table + layout)
+    body = b"".join(listed) + b"".join(data for _, _, _, data in updates)
+    return b"W2 " + ts.encode() + b" " + header + b"\n" + body
 
 
 def test_a_frame_decodes_to_updates_in_order_with_any_bytes_in_topics_and_data() -> None:
@@ -39,15 +46,43 @@ def test_a_frame_decodes_to_updates_in_order_with_any_bytes_in_topics_and_data()
     assert orjson.dumps(second.data) == b"[1, 2]"
 
 
+def test_updates_of_topics_interleaved_keep_their_order_and_count_on_per_topic() -> None:
+    payload = frame(
+        "3.0",
+        (41, "e1", b"A", b"1"),
+        (5, "e2", b"B", b"2"),
+        (42, "e1", b"A", b"3"),
+        (43, "e1", b"A", b"4"),
+        (6, "e2", b"B", b"5"),
+    )
+    updates = decode_updates("ticker", payload)
+    assert [(u.topic, u.seq, u.epoch, orjson.dumps(u.data)) for u in updates] == [
+        ("A", 41, "e1", b"1"),
+        ("B", 5, "e2", b"2"),
+        ("A", 42, "e1", b"3"),
+        ("A", 43, "e1", b"4"),
+        ("B", 6, "e2", b"5"),
+    ]
+    # the same objects as Update(...) builds: frozen, equal, hashable
+    assert updates[0] == Update("ticker", "A", 41, 3.0, updates[0].data, "e1")
+    with pytest.raises(AttributeError):
+        updates[0].seq = 1  # type: ignore[misc]
+    assert hash(updates[0]) == hash(Update("ticker", "A", 41, 3.0, updates[0].data, "e1"))
+
+
 @pytest.mark.parametrize(
     "payload",
     [
-        b"W2 1.0 1 e 1 1\nTx",  # another version
-        b"W1 1.0 1 e 1\nTx",  # a field missing
-        b"W1 1.0 1 e 1 2\nTx",  # shorter than said
-        b"W1 1.0 1 e 1 1\nTxy",  # longer than said
-        b"W1 1.0 1 e 1 1",  # no body line
-        b"W1 x 1 e 1 1\nTx",  # not a number
+        b"W1 1.0 1 e 1 1\nTx",  # another version (the one before)
+        b"W2 1.0 1 1 e 1 1\nTx",  # a field missing
+        b"W2 1.0 1 1 e 1 1 2\nTx",  # shorter than said
+        b"W2 1.0 1 1 e 1 1 1\nTxy",  # longer than said
+        b"W2 1.0 1 1 e 1 1 1",  # no body line
+        b"W2 x 1 1 e 1 1 1\nTx",  # not a number
+        b"W2 1.0 1 1 e 1 2 1\nTx",  # a topic index past the topics listed
+        b"W2 1.0 1 1 e 1 0 1\nTx",  # topic index 0
+        b"W2 1.0 2 1 e 1 1 e 1 1\nTxy",  # a field missing (two topics listed)
+        b"W2 1.0 0 1 1\nx",  # no topic listed
     ],
 )
 def test_a_malformed_frame_is_refused(payload: bytes) -> None:

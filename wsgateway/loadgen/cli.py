@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="clients (spread evenly) that take latency samples; the others only count",
     )
     p.add_argument("--server-pid", type=int, help="report this process's CPU and RSS")
+    p.add_argument(
+        "--also-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="another process of the server (a worker), counted with --server-pid; repeatable",
+    )
+    p.add_argument(
+        "--redis-port",
+        type=int,
+        help="report the work of the gateway's redis-server on 127.0.0.1:PORT (INFO)",
+    )
     p.add_argument("--cpu", type=int, help="pin the generator to this core")
     p.add_argument("--progress", type=float, default=1.0, help="seconds between progress lines")
     p.add_argument("--seed", type=int, default=1)
@@ -68,7 +80,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         url=args.url,
         publish_url=publish_url,
         channel=channel,
-        **{name: getattr(args, name) for name in names},
+        **{name: getattr(args, name) for name in names if name != "also_pids"},
+        also_pids=tuple(args.also_pid),
     )
 
 

@@ -26,6 +26,8 @@ class Config:
     slow_rcvbuf: int = 4096
     concurrency: int = 64
     server_pid: int | None = None
+    also_pids: tuple[int, ...] = ()  # more processes of the server (workers)
+    redis_port: int | None = None  # the gateway's Redis on 127.0.0.1: its work per message
     sample_clients: int = 250
     progress: float = 1.0
     seed: int = 1

@@ -14,14 +14,15 @@ import aiohttp
 from .client import Stats
 from .config import Config
 from .fleet import Fleet, open_fleet
-from .probe import ProcessProbe, RssWatch
+from .probe import ProcessProbe, RedisCounters, RedisProbe, RssWatch
 from .publisher import MAX_PENDING_POSTS, Publisher
 from .result import Window, finish, percentiles, progress_line
 
 
 async def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     """Run one scenario and return its result."""
-    probe = ProcessProbe(cfg.server_pid) if cfg.server_pid else None
+    probe = ProcessProbe(cfg.server_pid, cfg.also_pids) if cfg.server_pid else None
+    redis = RedisProbe(cfg.redis_port) if cfg.redis_port else None
     stats = Stats()
     result: dict[str, Any] = {
         "scenario": cfg.scenario,
@@ -66,11 +67,13 @@ async def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         tasks = [loop.create_task(job), loop.create_task(rss.watch())]
         try:
             await phase("warmup", cfg.warmup)
+            redis_start = redis.read() if redis else None
             start = Window(stats, probe)
             stats.sampling = publisher.counting = True
             await phase("measure", cfg.duration)
             end = Window(stats, probe)
             stats.sampling = publisher.counting = False
+            redis_end = redis.read() if redis else None
         finally:
             for task in tasks:
                 task.cancel()
@@ -89,12 +92,39 @@ async def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         unparsed_samples=stats.unparsed,
         close_codes={str(k): v for k, v in sorted(stats.close_codes.items())},
     )
+    if redis_start is not None and redis_end is not None:
+        result["redis"] = redis_work(redis_start, redis_end, result["seconds"], publisher.messages)
+        # Redis is the server's, not other work on the machine
+        result["background_cpu"] = round(
+            max(0.0, result["background_cpu"] - result["redis"]["cpu"]), 3
+        )
     if probe is not None:
         result["server_rss_bytes"] = probe.rss_bytes()
         result["server_rss_peak_bytes"] = max(rss.peak, result["server_rss_bytes"])
     for client in fleet.clients:
         client.abort()
     return finish(result)
+
+
+def redis_work(
+    start: RedisCounters, end: RedisCounters, seconds: float, messages: int
+) -> dict[str, Any]:
+    """What the gateway's Redis did in the measured window, per second and per message."""
+    commands, calls = end.commands - start.commands, end.calls - start.calls
+    cpu = end.cpu_seconds - start.cpu_seconds
+    per_second = 1 / seconds if seconds > 0 else 0.0
+    per_message = 1 / messages if messages else None
+    return {
+        "commands": commands,
+        "calls": calls,
+        "commands_per_s": round(commands * per_second, 1),
+        "calls_per_s": round(calls * per_second, 1),
+        "cpu": round(cpu * per_second, 3),
+        # (the figures read by INFO itself are in: 2 commands per window)
+        "commands_per_message": round(commands * per_message, 3) if per_message else None,
+        "calls_per_message": round(calls * per_message, 3) if per_message else None,
+        "cpu_us_per_message": round(cpu * per_message * 1e6, 2) if per_message else None,
+    }
 
 
 async def run_connections(

@@ -18,7 +18,7 @@ for j = 1, tonumber(ARGV[3]) do
     channels[j] = {
         pubsub = ARGV[a], size = tonumber(ARGV[a + 1]),
         history_ttl = ARGV[a + 2], topic_ttl = ARGV[a + 3],
-        headers = {}, body = {},
+        names = {}, topics = {}, layout = {}, body = {},
     }
     a = a + 4
 end
@@ -37,7 +37,7 @@ for i = 1, #KEYS / 2 do
     end
     topics[i] = {
         meta = meta, stream = stream, channel = channels[tonumber(ARGV[a])],
-        name = ARGV[a + 1], epoch = epoch, seq = seq, written = false,
+        name = ARGV[a + 1], epoch = epoch, seq = seq, slot = nil,
     }
     a = a + 2
 end
@@ -46,16 +46,17 @@ local count = 0
 local blob, at = ARGV[a + 1], 1
 for index, length in string.gmatch(ARGV[a], '(%d+) (%d+)') do
     local topic = topics[tonumber(index)]
-    local data = string.sub(blob, at, at + tonumber(length) - 1)
-    at = at + tonumber(length)
+    length = tonumber(length)
+    local data = string.sub(blob, at, at + length - 1)
+    at = at + length
     local channel = topic.channel
-    topic.seq = topic.seq + 1
+    local seq = topic.seq + 1
     if channel.size > 0 then
-        local id = string.format('%d-0', topic.seq)
-        local added = redis.pcall('XADD', topic.stream, 'MAXLEN', '~', channel.size, id,
-            'd', data, 't', ts)
+        -- (seq .. '-0': Lua writes an integral number below 1e14 without a decimal point)
+        local added = redis.pcall('XADD', topic.stream, 'MAXLEN', '~', channel.size,
+            seq .. '-0', 'd', data, 't', ts)
         if type(added) == 'table' and added.err then
-            if topic.written then
+            if topic.slot then
                 return redis.error_reply(added.err)
             end
             -- The stream is ahead of the meta's seq (acknowledged writes lost in a
@@ -63,21 +64,28 @@ for index, length in string.gmatch(ARGV[a], '(%d+) (%d+)') do
             -- by clients, so the topic starts a new epoch (nothing of it was sent yet).
             redis.call('DEL', topic.stream)
             topic.epoch = (candidate == topic.epoch) and (candidate .. 'r') or candidate
-            topic.seq = 1
-            id = '1-0'
-            redis.call('XADD', topic.stream, 'MAXLEN', '~', channel.size, id,
+            seq = 1
+            redis.call('XADD', topic.stream, 'MAXLEN', '~', channel.size, '1-0',
                 'd', data, 't', ts)
         end
     end
-    topic.written = true
-    local headers, n = channel.headers, #channel.headers
-    headers[n + 1] = string.format('%d', topic.seq)
-    headers[n + 2] = topic.epoch
-    headers[n + 3] = #topic.name
-    headers[n + 4] = length
-    local body = channel.body
-    body[#body + 1] = topic.name
-    body[#body + 1] = data
+    topic.seq = seq
+    local slot = topic.slot
+    if not slot then
+        -- The topic's first update in this batch: its entry in the channel's frame lists
+        -- the first seq and the epoch once; its next updates follow on, one seq each.
+        local listed = channel.topics
+        slot = #channel.names + 1
+        topic.slot = slot
+        channel.names[slot] = topic.name
+        listed[#listed + 1] = seq
+        listed[#listed + 1] = topic.epoch
+        listed[#listed + 1] = #topic.name
+    end
+    local layout, n = channel.layout, #channel.layout
+    layout[n + 1] = slot
+    layout[n + 2] = length
+    channel.body[#channel.body + 1] = data
     count = count + 1
 end
 
@@ -90,13 +98,15 @@ for i = 1, #topics do
     end
 end
 
--- One pub/sub message per channel (redis_codec.py decodes it): the header line, then
--- each update's topic and data bytes back to back.
+-- One pub/sub message per channel (redis_codec.py decodes it): the header line (the
+-- topics, then each update's topic index and data length), the topics' names, then each
+-- update's data, back to back.
 for j = 1, #channels do
     local channel = channels[j]
-    if #channel.headers > 0 then
-        redis.call('PUBLISH', channel.pubsub, 'W1 ' .. ts .. ' ' ..
-            table.concat(channel.headers, ' ') .. '\n' .. table.concat(channel.body))
+    if #channel.names > 0 then
+        redis.call('PUBLISH', channel.pubsub, 'W2 ' .. ts .. ' ' .. #channel.names .. ' ' ..
+            table.concat(channel.topics, ' ') .. ' ' .. table.concat(channel.layout, ' ') ..
+            '\n' .. table.concat(channel.names) .. table.concat(channel.body))
     end
 end
 return count
