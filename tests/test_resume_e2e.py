@@ -209,3 +209,38 @@ async def test_a_bad_since_gets_bad_message_and_changes_nothing(
         assert reply["type"] == "subscribed"
         await gw.publish("ticker", "ETH-USD", {"n": 1})
         assert (await recv_json(ws))["topic"] == "ETH-USD"
+
+
+@pytest.mark.e2e
+@pytest.mark.attack
+async def test_subscribe_unsubscribe_loops_cannot_turn_into_broker_reads(
+    start_gateway: StartGateway,
+) -> None:
+    """Each topic the gateway does not relay costs a broker read (Redis, on a cluster): a
+    connection gets 2 x max_topics of them at once and max_topics / 10 a second after, and a
+    subscribe past that is refused whole with rate_limited and a retry_after. A reconnecting
+    client resuming all its topics fits; a bystander is not affected."""
+    gw = await start_gateway(max_topics=10, messages_per_second=1000)
+    topics = [f"T{n}" for n in range(10)]
+    async with (
+        websockets.connect(gw.ws_url("ticker")) as looper,
+        websockets.connect(gw.ws_url("ticker")) as bystander,
+    ):
+        for attempt in range(2):  # the burst: 2 x 10 topics
+            reply = await request(looper, {"type": "subscribe", "topics": topics, "id": attempt})
+            assert reply["type"] == "subscribed"
+            await request(looper, {"type": "unsubscribe", "topics": topics})
+        reply = await request(looper, {"type": "subscribe", "topics": topics, "id": 9})
+        assert (reply["type"], reply["code"], reply["id"]) == ("error", "rate_limited", 9)
+        assert 0 < reply["retry_after"] <= 10
+        assert "nothing was subscribed" in reply["message"]
+        # Nothing was subscribed: a publish on T0 does not reach the looper.
+        await gw.publish("ticker", "T0", {"n": 1})
+        pong = await request(looper, {"type": "ping", "id": "p"})
+        assert pong["type"] == "pong"
+        # The bystander's own budget is untouched.
+        reply = await request(bystander, {"type": "subscribe", "topics": topics})
+        assert reply["type"] == "subscribed"
+        # Topics the gateway relays need no broker read: they are not counted.
+        reply = await request(looper, {"type": "subscribe", "topics": ["T0"]})
+        assert reply["type"] == "subscribed" and reply["positions"]["T0"]["seq"] == 1

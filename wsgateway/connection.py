@@ -41,6 +41,7 @@ class Connection:
         "address",
         "all_topics",
         "backlog",
+        "broker_reads",
         "bucket",
         "closer",
         "closing",
@@ -92,6 +93,8 @@ class Connection:
         self.bucket = TokenBucket(messages_per_second, messages_per_second, now)
         # Only a client that broke the rate limit needs a strike window (~900 bytes).
         self._strikes: StrikeCounter | None = None
+        #: topics whose subscribe needed the broker (Gateway.subscribe), made on first use
+        self.broker_reads: TokenBucket | None = None
 
     @property
     def topics(self) -> Set[str]:

@@ -183,6 +183,8 @@ class ClientError(GatewayError):
     """A bad client frame. Answered with ``{"type": "error", "code": ...}``."""
 
     code: ClassVar[str] = "bad_message"
+    #: seconds after which sending the frame again may succeed (``retry_after`` in the reply)
+    retry_after: float | None = None
 
     def __init__(self, message: str, request_id: int | str | None = None) -> None:
         self.message = message

@@ -25,10 +25,10 @@ from .cluster import Cluster
 from .connection import Connection
 from .continuity import Verdict
 from .drain import DrainPlan, plan_drain
-from .errors import BrokerUnavailable, ClientError, ServiceRestart, Unavailable
+from .errors import BrokerUnavailable, ClientError, RateLimited, ServiceRestart, Unavailable
 from .metrics import GatewayMetrics, StateCollector, to_json
-from .protocol import Subscribe, parse_publish, subscribed
-from .ratelimit import LogThrottle
+from .protocol import RequestId, Subscribe, parse_publish, subscribed
+from .ratelimit import LogThrottle, TokenBucket
 from .release import SocketRelease
 from .settings import Settings
 from .siblings import Siblings
@@ -38,6 +38,11 @@ log = logging.getLogger("wsgateway")
 #: Longest wait for the broker's answer to a subscribe (positions, history); then the client
 #: gets an ``unavailable`` error and may try again.
 BROKER_READ_TIMEOUT = 5.0
+#: Topics one connection may subscribe per second that need the broker (a position or a
+#: history read), as a multiple of max_topics, and how many it may save up: a client that
+#: subscribes and unsubscribes in a loop cannot turn its messages into Redis load.
+BROKER_READS_PER_SECOND = 0.1
+BROKER_READS_BURST = 2
 #: Topics asked of the broker in one positions() call when the relay resynchronises.
 RESYNC_CHUNK = 500
 #: Seconds between two sweeps of the positions of idle topics (continuity.py).
@@ -142,6 +147,7 @@ class Gateway:
         histories: list[History] = []
         looked_up: dict[str, Position] = {}
         if joining.pending or joining.lookup:
+            self._check_broker_reads(channel, conn, joining, request.id)
             try:
                 histories, looked_up = await asyncio.wait_for(
                     self._read_broker(channel, joining),
@@ -171,6 +177,34 @@ class Gateway:
         channel.send(conn, subscribed(joining.topics, request.id, positions))
         for frame in frames:
             channel.send_frame(conn, frame)
+
+    def _check_broker_reads(
+        self, channel: Channel, conn: Connection, joining: Joining, request_id: RequestId
+    ) -> None:
+        """Refuse (rate_limited, nothing subscribed) a subscribe whose broker reads exceed
+        the connection's budget: BROKER_READS_PER_SECOND x max_topics, saved up to
+        BROKER_READS_BURST x max_topics (a reconnecting client resumes all its topics at
+        once, well within it)."""
+        reads = len(joining.lookup) + sum(
+            1 for r in joining.pending if r.topic not in joining.known
+        )
+        now = time.monotonic()
+        max_topics = channel.limits.max_topics
+        if conn.broker_reads is None:
+            conn.broker_reads = TokenBucket(
+                BROKER_READS_PER_SECOND * max_topics, BROKER_READS_BURST * max_topics, now
+            )
+        if not conn.broker_reads.try_take(now, reads):
+            channel.abandon(conn, joining)
+            wait = conn.broker_reads.wait_time(now, reads)
+            error = RateLimited(
+                "subscribing to this many topics the gateway does not relay, or resuming "
+                f"them, is limited to {BROKER_READS_PER_SECOND * max_topics:g} a second per "
+                "connection; nothing was subscribed, retry later",
+                request_id,
+            )
+            error.retry_after = round(wait, 3)
+            raise error
 
     async def _read_broker(
         self, channel: Channel, joining: Joining

@@ -29,18 +29,18 @@ class TokenBucket:
             self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
             self._stamp = now
 
-    def try_take(self, now: float) -> bool:
-        """Take one token if there is one."""
+    def try_take(self, now: float, count: float = 1.0) -> bool:
+        """Take ``count`` tokens if there are that many (else take none)."""
         self._refill(now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= count:
+            self._tokens -= count
             return True
         return False
 
-    def wait_time(self, now: float) -> float:
-        """Seconds until one token is available (0 if one is)."""
+    def wait_time(self, now: float, count: float = 1.0) -> float:
+        """Seconds until ``count`` tokens are available (0 if they are)."""
         self._refill(now)
-        return max(0.0, (1.0 - self._tokens) / self._rate)
+        return max(0.0, (count - self._tokens) / self._rate)
 
 
 class SlidingWindow:

@@ -316,6 +316,8 @@ def _answer(
 
 def _reply_error(channel: Channel, conn: Connection, exc: ClientError, **extra: Any) -> None:
     channel.metrics.client_errors[exc.code].inc()
+    if exc.retry_after is not None:
+        extra.setdefault("retry_after", exc.retry_after)
     channel.send(conn, protocol.error(exc.code, exc.message, exc.request_id, **extra))
 
 
