@@ -15,7 +15,7 @@ from wsgateway.brokers import (
     Resync,
     Update,
 )
-from wsgateway.brokers.memory import recent
+from wsgateway.brokers.base import recent
 
 from .fakes import make_update
 

@@ -76,6 +76,33 @@ class HistoryPolicy:
     topic_ttl: float = 86_400.0
 
 
+def recent(
+    history: Sequence[Update], position: Position, since: Position, limit: int
+) -> list[Update] | None:
+    """What :meth:`Broker.history` answers, from the updates a broker keeps of a topic
+    (``history``, oldest first) and its ``position``: the updates after ``since`` up to
+    ``position``, if all are there. Every broker answers through this one rule.
+
+    None when ``since`` is in another epoch (an empty ``since.epoch`` is the client's
+    "before the first update": it matches any epoch whose history still starts at seq 1),
+    when more than ``limit`` are missing, or when the oldest kept update is past
+    ``since.seq + 1`` (trimmed or expired).
+    """
+    missing = position.seq - since.seq
+    if since.epoch not in ("", position.epoch) or missing < 0:
+        return None
+    if since.epoch == "" and since.seq != 0:
+        return None
+    if missing == 0:
+        return []
+    if missing > limit or len(history) < missing:
+        return None
+    updates = list(history)[-missing:]
+    if updates[0].seq != since.seq + 1:
+        return None
+    return updates
+
+
 class Resync:
     """Yielded by :meth:`Broker.batches` in place of a batch when live delivery may have
     missed updates (the broker's connection came back): the relay checks every topic it

@@ -25,6 +25,7 @@ from .base import (
     Position,
     Resync,
     Update,
+    recent,
 )
 
 # Batches waiting for the relay loop; past this, publishers wait (backpressure, not loss).
@@ -206,7 +207,7 @@ class MemoryBroker:
     async def history(self, channel: str, topic: str, since: Position, limit: int) -> History:
         state = self._state(channel, topic)
         if state is None:
-            return History(NO_POSITION, [] if since.seq == 0 and since.epoch == "" else None)
+            return History(NO_POSITION, recent((), NO_POSITION, since, limit))
         position = Position(state.epoch, state.seq)
         return History(position, recent(state.history, position, since, limit))
 
@@ -218,28 +219,3 @@ class MemoryBroker:
 
     async def nodes(self) -> Mapping[str, bytes]:
         return dict(self._nodes)
-
-
-def recent(
-    history: Sequence[Update], position: Position, since: Position, limit: int
-) -> list[Update] | None:
-    """The updates of ``history`` after ``since`` up to ``position``, if all are there.
-
-    None when ``since`` is in another epoch (an empty ``since.epoch`` is the client's
-    "before the first update": it matches any epoch whose history still starts at seq 1),
-    when more than ``limit`` are missing, or when the oldest kept update is past
-    ``since.seq + 1`` (trimmed or expired).
-    """
-    missing = position.seq - since.seq
-    if since.epoch not in ("", position.epoch) or missing < 0:
-        return None
-    if since.epoch == "" and since.seq != 0:
-        return None
-    if missing == 0:
-        return []
-    if missing > limit or len(history) < missing:
-        return None
-    updates = list(history)[-missing:]
-    if updates[0].seq != since.seq + 1:
-        return None
-    return updates

@@ -67,9 +67,9 @@ from .base import (
     Position,
     Resync,
     Update,
+    recent,
 )
 from .handoff import Handoff
-from .memory import recent
 from .redis_codec import (
     NODES_KEY,
     decode_entry,
@@ -444,8 +444,8 @@ class RedisBroker:
                 keys=[meta_key(channel, topic), history_key(channel, topic)],
                 args=[since.epoch, since.seq, limit],
             )
-        if epoch is None:
-            return History(NO_POSITION, [] if since.seq == 0 and since.epoch == "" else None)
+        if epoch is None:  # no state: only "before the first update" is a position in it
+            return History(NO_POSITION, recent((), NO_POSITION, since, limit))
         position = Position(epoch.decode(), int(top))
         updates = [decode_entry(channel, topic, position.epoch, entry) for entry in entries]
         return History(position, recent(updates, position, since, limit))
