@@ -112,6 +112,8 @@ class Worker:
     ready: Connection
     started: float
     listening: bool = False
+    #: its death was seen and handled (a restart scheduled, or the start failed)
+    gone: bool = False
 
 
 class Supervisor:
@@ -208,8 +210,11 @@ class Supervisor:
                         worker.listening = True
                         if not starting:
                             log.info("worker %d (pid %s) is back", worker.index, worker.process.pid)
-                if worker.process.sentinel in woke:
-                    worker.process.join()
+                # Not "sentinel in woke": reading ``exitcode`` anywhere (_all_listening, ...)
+                # reaps a worker that died since the wait, and a reaped worker's death could
+                # go unseen. A death is recognised by its exit code, once (``gone``).
+                if not worker.gone and worker.process.exitcode is not None:
+                    worker.gone = True
                     if self.stop_signal is not None:
                         continue
                     if starting:
@@ -228,7 +233,7 @@ class Supervisor:
     def _watched(self) -> list[Any]:
         watched: list[Any] = [self._wakeup]
         for worker in self.workers.values():
-            if worker.process.exitcode is None:
+            if not worker.gone:  # a dead one's sentinel is ready: the loop handles it at once
                 watched.append(worker.process.sentinel)
                 if not worker.listening:
                     watched.append(worker.ready)
