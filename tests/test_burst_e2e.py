@@ -279,6 +279,8 @@ async def test_a_legal_burst_reaches_200_fast_readers_and_still_cuts_a_stopped_o
         assert int.from_bytes(frames[-1][1][:2], "big") == 1013
         seqs = Sequences()
         for opcode, payload in frames[:-1]:
+            if opcode == 9:  # a heartbeat ping: on a slow machine the test outlasts `heartbeat`
+                continue
             assert opcode == 1
             seqs.see(orjson.loads(payload))
         assert seqs.errors == []
