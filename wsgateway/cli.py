@@ -1,7 +1,9 @@
 """The ``wsgateway`` command. The only place where errors become exit codes.
 
-Exit codes: 0 success, 1 a failure at run time (server unreachable, request refused),
-2 a bad setting or bad usage (one line naming it).
+Exit codes: 0 success, 1 a failure at run time (server unreachable, request refused, a
+subscription ended by the gateway, an invalid bench result), 2 a bad setting or bad usage
+(one line naming it). Each command's work lives in its own module (configfile, tokens,
+subscriber, urls, loadgen); this one parses, dispatches and turns errors into exit codes.
 """
 
 from __future__ import annotations
@@ -14,21 +16,26 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from . import __version__
+from . import __version__, configfile
 from .app import create_app, metrics_address
 from .auth import is_loopback_host
 from .cluster import node_address
-from .errors import GatewayError, SettingsError
+from .configfile import parse_assignments
+from .errors import CommandFailed, SettingsError, UsageError
 from .gateway import Gateway
 from .listener import raise_open_files_limit
 from .settings import Settings, load_settings
 from .siblings import WorkerRole
+from .subscriber import subscribe
+from .tokens import mint_user_token, parse_claim, parse_duration
+from .urls import gateway_url
 from .web import GATEWAY, AccessLogger
 from .workers import Supervisor
 
@@ -36,47 +43,118 @@ log = logging.getLogger("wsgateway")
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+URL_HELP = (
+    "the gateway: http://HOST:PORT, or any of its URLs (ws://HOST:PORT/ws/ticker, "
+    f".../api/publish); default {DEFAULT_URL}"
+)
+
+#: ``serve``'s named flags: (flag, setting, help). Every other setting: --set KEY=VALUE.
+SERVE_FLAGS = (
+    ("--host", "host", "address to listen on (default 127.0.0.1)"),
+    ("--port", "port", "port to listen on (default 8080; 0 picks a free one)"),
+    ("--broker", "broker", "broker URL (default memory://)"),
+    ("--workers", "workers", "processes sharing the port (default 1); >1 needs a redis:// broker"),
+    ("--log-level", "log_level", "DEBUG, INFO (default), WARNING or ERROR"),
+    (
+        "--publish-token",
+        "publish_token",
+        "bearer token for POST /api/publish (visible in ps: prefer the file or "
+        "WSGATEWAY_PUBLISH_TOKEN)",
+    ),
+    (
+        "--jwt-secret",
+        "jwt_secret",
+        "HS256 key of the user channel (visible in ps: prefer the file or WSGATEWAY_JWT_SECRET)",
+    ),
+    ("--metrics-host", "metrics_host", "address of the metrics listener (needs --metrics-port)"),
+    ("--metrics-port", "metrics_port", "a separate listener for metrics, health, status page"),
+)
 
 
-class CommandFailed(GatewayError):
-    """A client command could not do its job; the message says why."""
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser, and each command's own parser (for its usage on an unknown option)."""
     parser = argparse.ArgumentParser(
         prog="wsgateway", description="Real-time WebSocket gateway for market data."
     )
     parser.add_argument("--version", action="version", version=f"wsgateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", help="port to listen on (default 8080; 0 picks a free one)")
-    serve.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
-    serve.add_argument("--broker", help="broker URL (default memory://)")
-    serve.add_argument(
-        "--workers",
-        help="processes sharing the port (default 1); more than 1 needs a redis:// broker",
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway. Settings: defaults < WSGATEWAY_* environment < "
+        "--config file < --set < the named flags.",
     )
+    serve.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
+    for flag, _setting, text in SERVE_FLAGS:
+        serve.add_argument(flag, help=text)
     serve.add_argument(
         "--demo", action="store_true", default=None, help="publish a synthetic market feed"
     )
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting: port=9000, max_topics=50 (every channel), "
+        "channel.ticker.max_connections=100; VALUE as in TOML; repeatable",
+    )
+
+    token = commands.add_parser(
+        "token",
+        help="mint a JWT for the user channel",
+        description="Print an HS256 JWT for the user channel, signed with the configured "
+        "jwt_secret (and carrying jwt_audience / jwt_issuer when they are set).",
+    )
+    token.add_argument("--sub", required=True, help="the user id (the token's subject)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 30s, 15m, 1h (default), 7d")
+    token.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
+    token.add_argument(
+        "--claim",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra claim; VALUE as JSON when it is JSON, else a string; repeatable",
+    )
+
+    config = commands.add_parser("config", help="write or check a settings file")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    init = config_commands.add_parser(
+        "init",
+        help="write a commented settings file with generated secrets",
+        description="Write every setting with its default and a comment, and freshly "
+        "generated jwt_secret and publish_token, to PATH (- for stdout).",
+    )
+    init.add_argument("path", nargs="?", default="wsgateway.toml", metavar="PATH|-")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    check = config_commands.add_parser(
+        "check",
+        help="validate the settings and print the effective ones",
+        description="Load the settings as serve does (environment and file) and print them, "
+        "secrets masked; exit 2 with the reason when a setting is bad.",
+    )
+    check.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
 
     publish = commands.add_parser("publish", help="publish one message over the HTTP API")
     publish.add_argument("channel")
     publish.add_argument("topic")
     publish.add_argument("data", help="the message data, as JSON")
-    publish.add_argument("--url", default=DEFAULT_URL)
+    publish.add_argument("--url", default=DEFAULT_URL, help=URL_HELP)
     publish.add_argument(
         "--token",
         default=os.environ.get("WSGATEWAY_PUBLISH_TOKEN"),
         help="publish token (default: $WSGATEWAY_PUBLISH_TOKEN)",
     )
 
-    subscribe = commands.add_parser("subscribe", help="print received messages as JSON lines")
+    subscribe = commands.add_parser(
+        "subscribe",
+        help="print received messages as JSON lines",
+        description="Print the subscribe reply and every update as JSON lines. Exits 1 with "
+        "the gateway's words when it refuses the connection or the subscribe, or closes.",
+    )
     subscribe.add_argument("channel")
     subscribe.add_argument("topics", nargs="+", metavar="TOPIC")
-    subscribe.add_argument("--url", default=DEFAULT_URL)
+    subscribe.add_argument("--url", default=DEFAULT_URL, help=URL_HELP)
     subscribe.add_argument("--token", help="JWT for private channels (user)")
     subscribe.add_argument(
         "--count",
@@ -86,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     metrics = commands.add_parser("metrics", help="show the gateway's metrics")
-    metrics.add_argument("--url", default=DEFAULT_URL)
+    metrics.add_argument("--url", default=DEFAULT_URL, help=URL_HELP)
     metrics.add_argument("--json", action="store_true", help="print the raw JSON view")
 
     bench = commands.add_parser(
@@ -95,26 +173,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="load-test a running gateway (N clients, a publisher); --help for options",
     )
     bench.add_argument("loadgen_args", nargs=argparse.REMAINDER)
-    return parser
+    by_name = {
+        "serve": serve,
+        "token": token,
+        "config init": init,
+        "config check": check,
+        "publish": publish,
+        "subscribe": subscribe,
+        "metrics": metrics,
+    }
+    return parser, by_name
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """argparse's parse_args, but an unknown option is reported with the usage of the
+    command it was given to (argparse's subcommands hand it to the top level's usage)."""
+    parser, commands = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        name = args.command + (f" {args.config_command}" if args.command == "config" else "")
+        commands[name].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         # Every option, --help included, belongs to the load generator.
-        from .loadgen import main as run_load
-
-        return run_load(argv[1:])
-    args = build_parser().parse_args(argv)
+        return bench(argv[1:])
+    args = parse(argv)
     try:
         if args.command == "serve":
             return serve(args)
+        if args.command == "token":
+            return mint_token(args)
+        if args.command == "config":
+            return config_init(args) if args.config_command == "init" else config_check(args)
         if args.command == "publish":
             return asyncio.run(publish(args))
         if args.command == "subscribe":
-            return asyncio.run(subscribe(args))
+            gateway = gateway_url(args.url)
+            if gateway.channel not in (None, args.channel):
+                raise UsageError(
+                    f"--url names the channel {gateway.channel}, the command {args.channel}"
+                )
+            asyncio.run(
+                subscribe(gateway, args.channel, args.topics, token=args.token, count=args.count)
+            )
+            return EXIT_OK
         return asyncio.run(show_metrics(args))
-    except SettingsError as exc:
+    except (SettingsError, UsageError) as exc:
         print(f"wsgateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except CommandFailed as exc:
@@ -124,21 +232,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _settings(config: str | None, **layers: Any) -> Settings:
+    """The settings as every command loads them: the environment, the file of --config (or
+    WSGATEWAY_CONFIG), then ``layers`` (--set, flags)."""
+    return load_settings(
+        env=os.environ, config_file=config or os.environ.get("WSGATEWAY_CONFIG"), **layers
+    )
+
+
 # -- serve ----------------------------------------------------------------------------------
 
 
 def serve(args: argparse.Namespace) -> int:
-    config = args.config or os.environ.get("WSGATEWAY_CONFIG")
-    settings = load_settings(
-        env=os.environ,
-        config_file=config,
-        flags={
-            "host": args.host,
-            "port": args.port,
-            "broker": args.broker,
-            "demo": args.demo,
-            "workers": args.workers,
-        },
+    flags = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, setting, _ in SERVE_FLAGS}
+    settings = _settings(
+        args.config,
+        assignments=parse_assignments(args.set),
+        flags={**flags, "demo": args.demo},
     )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -148,6 +258,50 @@ def serve(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         return Supervisor(settings, _run_worker).run()
     return _run(settings)
+
+
+# -- token, config ----------------------------------------------------------------------------
+
+
+def mint_token(args: argparse.Namespace) -> int:
+    claims = dict(parse_claim(text) for text in args.claim)
+    settings = _settings(args.config)
+    print(mint_user_token(settings, args.sub, parse_duration(args.ttl), claims=claims))
+    return EXIT_OK
+
+
+def config_init(args: argparse.Namespace) -> int:
+    text = configfile.template()
+    if args.path == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    configfile.write_new_file(Path(args.path), text, force=args.force)
+    print(
+        f"wrote {args.path} (readable by you only: it holds the generated jwt_secret and "
+        f"publish_token); check it with: wsgateway config check --config {args.path}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def config_check(args: argparse.Namespace) -> int:
+    sys.stdout.write(configfile.effective(_settings(args.config)))
+    return EXIT_OK
+
+
+# -- bench ------------------------------------------------------------------------------------
+
+
+def bench(argv: list[str]) -> int:
+    """The load generator; exit 1 when its result does not measure the server, saying why."""
+    from .loadgen.cli import run_once
+    from .loadgen.result import invalid_because
+
+    reasons = invalid_because(run_once(argv))
+    if reasons:
+        print("wsgateway bench: the result is not valid: " + "; ".join(reasons), file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _loop_factory() -> Any:
@@ -321,41 +475,14 @@ async def publish(args: argparse.Namespace) -> int:
         raise SettingsError("data", args.data, "expected JSON, e.g. '{\"price\": 1.5}'") from None
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     body = {"channel": args.channel, "topic": args.topic, "data": data}
-    answer = await _request("POST", f"{args.url}/api/publish", json=body, headers=headers)
+    url = gateway_url(args.url).http("/api/publish")
+    answer = await _request("POST", url, json=body, headers=headers)
     print(orjson.dumps(answer).decode())
     return EXIT_OK
 
 
-async def subscribe(args: argparse.Namespace) -> int:
-    url = f"{_ws_url(args.url)}/ws/{args.channel}"
-    params = {"token": args.token} if args.token else None
-    updates = 0
-    async with aiohttp.ClientSession() as session:
-        try:
-            ws = await session.ws_connect(url, params=params)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise CommandFailed(f"{url} refused the connection: HTTP {exc.status}") from None
-        except aiohttp.ClientError as exc:
-            raise CommandFailed(f"cannot reach {url}: {exc}") from None
-        async with ws:
-            await ws.send_str(
-                orjson.dumps({"type": "subscribe", "topics": args.topics, "id": 1}).decode()
-            )
-            async for message in ws:
-                if message.type is not aiohttp.WSMsgType.TEXT:
-                    break
-                print(message.data, flush=True)
-                if orjson.loads(message.data).get("type") == "update":
-                    updates += 1
-                    if args.count and updates >= args.count:
-                        return EXIT_OK
-            if ws.close_code not in (None, 1000):
-                raise CommandFailed(f"the gateway closed the connection with {ws.close_code}")
-    return EXIT_OK
-
-
 async def show_metrics(args: argparse.Namespace) -> int:
-    view = await _request("GET", f"{args.url}/api/ws/metrics")
+    view = await _request("GET", gateway_url(args.url).http("/api/ws/metrics"))
     print(
         orjson.dumps(view, option=orjson.OPT_INDENT_2).decode()
         if args.json
@@ -382,10 +509,6 @@ async def _request(method: str, url: str, **kwargs: Any) -> Any:
         field = f" ({answer['field']})" if isinstance(answer, dict) and "field" in answer else ""
         raise CommandFailed(f"{method} {url} answered {response.status}{field}: {detail}")
     return answer
-
-
-def _ws_url(url: str) -> str:
-    return "ws" + url[4:] if url.startswith("http") else url
 
 
 def _milliseconds(seconds: float | None) -> str:

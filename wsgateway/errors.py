@@ -5,6 +5,9 @@ the data a reply needs. Each branch declares how it reaches the outside world:
 
     GatewayError
      ├── SettingsError            bad configuration; the CLI exits with status 2
+     ├── CommandError             a ``wsgateway`` client command could not do its job
+     │    ├── UsageError                  exit 2: the command was asked for something it cannot do
+     │    └── CommandFailed               exit 1: refused or unreachable at run time
      ├── Rejected                 a WebSocket upgrade refused before the handshake (HTTP status)
      │    ├── UnknownChannel              404
      │    ├── Unauthorized                401
@@ -53,6 +56,22 @@ class SettingsError(GatewayError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"bad setting {setting}={value!r}: {allowed}")
+
+
+# -- the command line: what a client command reports (cli.py turns them into exit codes) ------
+
+
+class CommandError(GatewayError):
+    """A ``wsgateway`` command could not do its job; the message says why, in one line."""
+
+
+class UsageError(CommandError):
+    """The command was asked for something it cannot do as given (exit 2), e.g. ``token``
+    without a configured ``jwt_secret``, or ``config init`` over an existing file."""
+
+
+class CommandFailed(CommandError):
+    """The command ran and failed (exit 1): the gateway refused or could not be reached."""
 
 
 # -- admission: refused before the WebSocket upgrade ------------------------------------------

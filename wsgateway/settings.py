@@ -147,7 +147,7 @@ class Settings:
         return "Settings(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
 
 
-_TOP_LEVEL = (
+TOP_LEVEL_KEYS = (
     "host",
     "port",
     "broker",
@@ -177,12 +177,15 @@ def load_settings(
     *,
     env: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
+    assignments: Mapping[str, Any] | None = None,
     flags: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Build :class:`Settings` from the layers, later layers winning.
 
     ``env`` is the process environment (only ``WSGATEWAY_*`` names are read), ``config_file``
-    a TOML file, ``flags`` the command-line values that were given (``None`` means not given).
+    a TOML file, ``assignments`` a document shaped like that file (``serve --set``, read as
+    if it followed the file), ``flags`` the command-line values that were given (``None``
+    means not given).
     """
     top: dict[str, Any] = {}
     default_limits: dict[str, Any] = {}
@@ -191,8 +194,12 @@ def load_settings(
     for name, value in _read_env(env or {}).items():
         (default_limits if name in LIMIT_NAMES else top)[name] = value
 
+    layers: list[tuple[str, Mapping[str, Any]]] = []
     if config_file is not None:
-        document = _read_toml(Path(config_file))
+        layers.append((str(config_file), _read_toml(Path(config_file))))
+    if assignments:
+        layers.append(("--set", assignments))
+    for source, document in layers:
         for key, value in document.items():
             if key == "defaults":
                 default_limits.update(_limit_table("defaults", value))
@@ -202,13 +209,14 @@ def load_settings(
                 # is accepted too when the file gives no channel list.
                 for channel, table in value.items():
                     where = f"{key}.{channel}"
-                    channel_limits[channel] = (where, _limit_table(where, table))
-            elif key in _TOP_LEVEL:
+                    earlier = channel_limits.get(channel, ("", {}))[1]
+                    channel_limits[channel] = (where, {**earlier, **_limit_table(where, table)})
+            elif key in TOP_LEVEL_KEYS:
                 top[key] = value
             else:
-                raise SettingsError(key, value, f"unknown key in {config_file}")
+                raise SettingsError(key, value, f"unknown key in {source}")
     for key, value in (flags or {}).items():
-        if key not in (*_TOP_LEVEL, "demo"):
+        if key not in (*TOP_LEVEL_KEYS, "demo"):
             raise SettingsError(key, value, "not a setting that can be given as a flag")
         if value is not None:
             top[key] = value
@@ -217,7 +225,7 @@ def load_settings(
 
 
 def _read_env(env: Mapping[str, str]) -> dict[str, str]:
-    known = (*_TOP_LEVEL, *LIMIT_NAMES, "config")
+    known = (*TOP_LEVEL_KEYS, *LIMIT_NAMES, "config")
     values: dict[str, str] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):

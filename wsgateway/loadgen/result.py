@@ -69,13 +69,29 @@ class Window:
 def finish(result: dict[str, Any]) -> dict[str, Any]:
     # The generator's own CPU decides whether the figures measure the server or us.
     result["generator_saturated"] = result.get("generator_cpu", 0.0) >= SATURATED
-    result["valid"] = not (
-        result["generator_saturated"]
-        or result.get("connect_errors")
-        or result.get("publish_errors")
-        or result.get("error")
-    )
+    result["valid"] = not invalid_because(result)
     return result
+
+
+def invalid_because(result: dict[str, Any]) -> list[str]:
+    """Why a result does not measure the server (empty: it does), one phrase per reason."""
+    reasons = []
+    if result.get("error"):
+        reasons.append(str(result["error"]))
+    if result.get("connect_errors"):
+        sample = "; ".join(result.get("errors_sample", []))
+        reasons.append(
+            f"{result['connect_errors']} of {result.get('clients', '?')} clients could not "
+            f"connect and subscribe" + (f" ({sample})" if sample else "")
+        )
+    if result.get("publish_errors"):
+        reasons.append(f"{result['publish_errors']} publish requests failed")
+    if result.get("generator_saturated"):
+        reasons.append(
+            f"the generator used {result.get('generator_cpu', 0.0):.0%} of its core (limit "
+            f"{SATURATED:.0%}): the figures measure the generator, not the server"
+        )
+    return reasons
 
 
 def progress_line(
