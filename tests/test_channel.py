@@ -23,7 +23,7 @@ import pytest
 from wsgateway import channel as channel_module
 from wsgateway import protocol
 from wsgateway.admission import MAX_HANDSHAKE_RETRY
-from wsgateway.brokers.base import Update
+from wsgateway.brokers.base import Position, Update
 from wsgateway.channel import HOLD_BYTES, HOLD_RETRY_SECONDS, REJECTION_LOG_INTERVAL
 from wsgateway.errors import (
     ChannelFull,
@@ -52,8 +52,9 @@ from .fakes import (
     subscribe,
 )
 
-SENT = "wsgateway_messages_sent_total"
-FAILED = "wsgateway_messages_failed_total"
+SENT = "wsgateway_updates_sent_total"
+FRAMES = "wsgateway_frames_sent_total"
+FAILED = "wsgateway_updates_failed_total"
 ERRORS = "wsgateway_errors_total"
 LAST_ERROR = "wsgateway_last_error_timestamp_seconds"
 SLOW = "wsgateway_slow_consumers_total"
@@ -355,9 +356,9 @@ async def test_replies_keep_their_order_relative_to_updates() -> None:
     subscribe(h.channel, client.conn, ["BTC-USD"])
 
     h.channel.broadcast(make_update("BTC-USD", 1))
-    h.channel.send(client.conn, protocol.subscribed(("ETH-USD",), 7))
+    h.channel.send(client.conn, protocol.subscribed(("ETH-USD",), 7), "reply")
     h.channel.broadcast(make_update("BTC-USD", 2))
-    h.channel.send(client.conn, protocol.pong("p", 123.5))
+    h.channel.send(client.conn, protocol.pong("p", 123.5), "reply")
     await next_turn()
 
     assert len(client.transport.writes) == 1
@@ -367,7 +368,8 @@ async def test_replies_keep_their_order_relative_to_updates() -> None:
         ("update", 2, None),
         ("pong", None, "p"),
     ]
-    assert h.value(SENT) == 4
+    assert h.value(SENT) == 2  # updates only: the replies are frames of their own kind
+    assert h.value(FRAMES, kind="reply") == 2
 
 
 async def test_send_to_a_removed_connection_is_dropped() -> None:
@@ -375,7 +377,7 @@ async def test_send_to_a_removed_connection_is_dropped() -> None:
     client = h.open()
     h.channel.remove(client.conn, "client_closed")
 
-    h.channel.send(client.conn, protocol.pong(None, 1.0))
+    h.channel.send(client.conn, protocol.pong(None, 1.0), "reply")
     await next_turn()
 
     assert client.transport.writes == []
@@ -540,11 +542,11 @@ async def test_a_stale_backlog_does_not_make_a_false_slow_consumer() -> None:
 async def test_a_reply_that_overflows_the_outbox_lags_and_is_cut_too() -> None:
     h = make_channel(max_outbox_bytes=1024)
     client = h.open(transport=FakeTransport(buffer_size=1024, stopped=True))
-    h.channel.send(client.conn, protocol.pong(1, 1.0))
+    h.channel.send(client.conn, protocol.pong(1, 1.0), "reply")
     await next_turn()  # written; the flush sees the transport buffer past the limit
     assert h.channel.lagging
 
-    h.channel.send(client.conn, protocol.pong(2, 2.0))
+    h.channel.send(client.conn, protocol.pong(2, 2.0), "reply")
     await next_turn()
     h.clock.advance(h.channel.limits.slow_consumer_grace)
     await after_retry()
@@ -1149,7 +1151,7 @@ async def test_thousands_of_connection_cycles_leave_nothing_behind() -> None:
         if i % 13 == 0:
             channel.unsubscribe(client.conn, topics[:1])
         channel.broadcast(make_update(topics[0], i))
-        channel.send(client.conn, protocol.subscribed(tuple(topics), i))
+        channel.send(client.conn, protocol.subscribed(tuple(topics), i), "reply")
         if i % 29 == 0:
             client.transport.write_error = BrokenPipeError()  # fails at the next flush
         live.append(client)
@@ -1235,7 +1237,7 @@ async def test_close_writes_queued_frames_before_asking_to_close() -> None:
     client = h.open()
     subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.broadcast(make_update("BTC-USD", 1))
-    h.channel.send(client.conn, protocol.pong(3, 2.0))
+    h.channel.send(client.conn, protocol.pong(3, 2.0), "reply")
     seen_at_close: list[list[Any]] = []
     client.conn.closer = lambda code, message: seen_at_close.append(client.messages())
 
@@ -1245,7 +1247,8 @@ async def test_close_writes_queued_frames_before_asking_to_close() -> None:
     assert len(seen_at_close) == 1
     assert [m["type"] for m in seen_at_close[0]] == ["update", "pong"]
     assert h.value(DISCONNECTS, reason="token_expired") == 1
-    assert h.value(SENT) == 2
+    assert h.value(SENT) == 1
+    assert h.value(FRAMES, kind="reply") == 1
 
 
 async def test_close_on_a_closing_transport_counts_the_queue_as_lost() -> None:
@@ -1317,9 +1320,9 @@ async def test_state_reports_queued_and_buffered_bytes() -> None:
     h.channel.broadcast(update_of_size(150, "BTC-USD"))
     h.channel.broadcast(update_of_size(170, "ETH-USD"))
 
-    assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300 + 150 + 170)
+    assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300 + 150 + 170, 300 + 150 + 170)
     await next_turn()
-    assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300)
+    assert h.channel.state() == ChannelState("ticker", 1, 2, 2, 300, 300)
 
 
 # -- direct writes to the socket ----------------------------------------------------------------
@@ -1965,3 +1968,79 @@ async def test_a_held_lagging_client_costs_one_retry_per_interval() -> None:
         "addresses": 1,
         "topics": 1,
     }
+
+
+# -- updates and other frames ----------------------------------------------------------------
+
+
+async def test_frames_other_than_updates_are_counted_by_kind_not_as_updates() -> None:
+    h = make_channel()
+    client = h.open()
+    subscribe(h.channel, client.conn, ["BTC-USD"])
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.send(client.conn, protocol.error("bad_json", "no", None), "error")
+    h.channel.send_frame(client.conn, protocol.pong_frame(b"hi"), "pong")
+    h.channel.send_update(client.conn, protocol.text_frame(b'{"type":"update"}'))
+    h.channel.reset_topic("BTC-USD", Position("e2", 0))
+    await next_turn()
+
+    assert len(client.transport.writes) == 1  # one write for the whole mixed outbox
+    assert h.value(SENT) == 2  # the broadcast and the replayed update
+    assert [h.value(FRAMES, kind=k) for k in ("reply", "error", "pong", "reset")] == [0, 1, 1, 1]
+    assert client.conn.others is None
+
+    h.channel.broadcast(make_update("BTC-USD", 1))  # an outbox of updates only, again
+    await next_turn()
+    assert h.value(SENT) == 3
+    assert h.value(FRAMES, kind="error") == 1
+
+
+@pytest.mark.parametrize("how", ["slow_consumer", "connection_lost", "shutdown"])
+async def test_lost_frames_count_only_the_updates_among_them(how: str) -> None:
+    h = make_channel(max_outbox_bytes=1024)
+    client = h.open()
+    subscribe(h.channel, client.conn, ["BTC-USD"])
+    h.channel.broadcast(update_of_size(256, seq=1))
+    h.channel.send(client.conn, protocol.pong(1, 1.0), "reply")
+    h.channel.broadcast(update_of_size(256, seq=2))
+    h.channel.send(client.conn, protocol.error("bad_json", "no", None), "error")
+    if how == "slow_consumer":
+        for seq in range(3, 9):  # past the hard cap: dropped with its queue
+            h.channel.broadcast(update_of_size(256, seq=seq))
+        expected = 7 + 1  # 7 updates queued and the one that did not fit; no reply counted
+    else:
+        h.channel.remove(client.conn, how)
+        expected = 2
+    await next_turn()
+
+    assert h.value(FAILED, reason=how) == expected
+    assert h.value(SENT) == 0
+    assert sum(h.value(FRAMES, kind=k) for k in ("reply", "error", "pong", "reset")) == 0
+    assert client.conn.others is None
+
+
+async def test_a_write_that_fails_counts_its_updates_lost_and_no_reply_sent() -> None:
+    h = make_channel()
+    client = h.open()
+    subscribe(h.channel, client.conn, ["BTC-USD"])
+    client.transport.write_error = ConnectionResetError("peer reset")
+    h.channel.broadcast(make_update("BTC-USD", 1))
+    h.channel.send(client.conn, protocol.pong(1, 1.0), "reply")
+    await next_turn()
+
+    assert h.value(FAILED, reason="connection_lost") == 1
+    assert h.value(FRAMES, kind="reply") == 0
+
+
+async def test_state_reports_the_largest_outbox() -> None:
+    h = make_channel()
+    small = h.open(transport=FakeTransport(buffer_size=100))
+    large = h.open("10.0.0.2", transport=FakeTransport(buffer_size=700))
+    h.open("10.0.0.3")
+    for client in (small, large):
+        subscribe(h.channel, client.conn, ["BTC-USD"])
+    h.channel.broadcast(update_of_size(150, "BTC-USD"))
+
+    state = h.channel.state()
+    assert state.outbox_bytes == 100 + 150 + 700 + 150
+    assert state.outbox_largest_bytes == 700 + 150

@@ -3,8 +3,10 @@ every panel query returns data from a real Prometheus scraping a real gateway wi
 
 The end-to-end test runs the Debian ``prometheus`` binary (installed by scripts/test) against
 a gateway in this process, scraping it every second, then evaluates through Prometheus' HTTP
-API every panel query of every dashboard (template variables substituted as Grafana would)
-and every expression of alerts.yml.
+API every panel query of every dashboard (template variables substituted as Grafana would:
+$job, $instance and $channel as one value and as All) and every expression of alerts.yml. With
+another instance or job selected every query must come back empty (each one is scoped), and
+the variables' own label_values queries must list the scraped job, instance and channels.
 """
 
 from __future__ import annotations
@@ -40,11 +42,30 @@ PROVIDER_FILE = ROOT / "grafana" / "provisioning" / "dashboards" / "wsgateway.ym
 ALERTS_FILE = ROOT / "alerts.yml"
 
 DATASOURCE_REF = {"type": "prometheus", "uid": "${datasource}"}
-CHANNEL_MATCHER = 'channel=~"$channel"'
+#: The channel matcher of each dashboard: the overview takes several channels (or All), the
+#: channel dashboard is the drill-down into exactly one.
+CHANNEL_MATCHERS = {
+    "wsgateway-overview": 'channel=~"$channel"',
+    "wsgateway-channel": 'channel="$channel"',
+}
+#: Every selector of every query carries these: the dashboards show the selected jobs and
+#: instances (several nodes) only.
+SCOPE_MATCHERS = ('job=~"$job"', 'instance=~"$instance"')
 # What Grafana would put in place of its built-in variables for a 1 s scrape interval.
 BUILTINS = {"__rate_interval": "15s", "__interval": "5s", "__range": "5m"}
-# $channel as Grafana renders it: several selected values, and "All" (allValue).
-CHANNEL_SELECTIONS = ("ticker|trades", ".*")
+#: The variables as Grafana renders them, per dashboard: one value of each (``TARGET`` is the
+#: scraped gateway's instance), and "All" (allValue ``.*``) where a variable allows it.
+TARGET = "$target"
+SELECTIONS: dict[str, tuple[dict[str, str], ...]] = {
+    "wsgateway-overview": (
+        {"job": "wsgateway", "instance": TARGET, "channel": "ticker|trades"},
+        {"job": ".*", "instance": ".*", "channel": ".*"},
+    ),
+    "wsgateway-channel": (
+        {"job": "wsgateway", "instance": TARGET, "channel": "ticker"},
+        {"job": ".*", "instance": ".*", "channel": "orderbook"},
+    ),
+}
 # Channels with steady traffic in the end-to-end test, and what each client subscribes to.
 SUBSCRIPTIONS = {
     "ticker": ["BTC-USD", "ETH-USD"],
@@ -56,7 +77,7 @@ SCRAPES_BEFORE_CHECKING = 5
 JOB = "wsgateway"  # the job name of the shipped prometheus.yml (the alert rules select it)
 
 METRIC_NAME = re.compile(r"(?<![\w:])((?:wsgateway|process)_[A-Za-z0-9_:]*)")
-SELECTOR = re.compile(r"(?<![\w:])(wsgateway_[A-Za-z0-9_]+)\s*(\{[^}]*\})?")
+SELECTOR = re.compile(r"(?<![\w:])((?:wsgateway|process)_[A-Za-z0-9_]+)\s*(\{[^}]*\})?")
 VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)")
 
 pytestmark = pytest.mark.e2e
@@ -111,10 +132,10 @@ def variables(dashboard: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in dashboard["templating"]["list"]}
 
 
-def substitute(expr: str, channel: str) -> str:
+def substitute(expr: str, selection: dict[str, str]) -> str:
     """``expr`` with Grafana's template variables replaced; unknown ones are left as they are
     (and then fail the test as a leftover ``$``)."""
-    values = {"channel": channel, **BUILTINS}
+    values = {**selection, **BUILTINS}
 
     def replace(match: re.Match[str]) -> str:
         name = next(group for group in match.groups() if group)
@@ -165,17 +186,28 @@ def test_dashboard_is_well_formed(path: Path) -> None:
     assert dashboard["title"] and dashboard.get("id") is None
 
     found = variables(dashboard)
+    assert list(found) == ["datasource", "job", "instance", "channel"], "in dependency order"
     datasource = found["datasource"]
     assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
     assert datasource["current"]["value"] == datasource_uid(), "defaults to the provisioned uid"
-    channel = found["channel"]
-    assert channel["type"] == "query"
-    assert channel["datasource"] == DATASOURCE_REF
-    assert channel["multi"] is True and channel["includeAll"] is True
-    query = channel["query"]
-    query_text = query["query"] if isinstance(query, dict) else query
-    for text in (query_text, channel["definition"]):
-        assert re.sub(r"\s", "", text) == "label_values(wsgateway_connections_active,channel)"
+    expected_queries = {
+        "job": "label_values(wsgateway_build_info,job)",
+        "instance": 'label_values(wsgateway_build_info{job=~"$job"},instance)',
+        "channel": 'label_values(wsgateway_connections_active{job=~"$job",instance=~"$instance"},'
+        "channel)",
+    }
+    for name, expected in expected_queries.items():
+        variable = found[name]
+        assert variable["type"] == "query" and variable["datasource"] == DATASOURCE_REF, name
+        query = variable["query"]
+        query_text = query["query"] if isinstance(query, dict) else query
+        for text in (query_text, variable["definition"]):
+            assert re.sub(r"\s", "", text) == expected, name
+        several = name != "channel" or path.stem == "wsgateway-overview"
+        assert variable["multi"] is several and variable["includeAll"] is several, name
+        if several:
+            assert variable["allValue"] == ".*", name
+    channel_matcher = CHANNEL_MATCHERS[path.stem]
 
     ids = [p["id"] for p in all_panels(dashboard["panels"])]
     assert len(ids) == len(set(ids)), "panel ids are unique"
@@ -195,10 +227,45 @@ def test_dashboard_is_well_formed(path: Path) -> None:
             assert target.get("datasource", DATASOURCE_REF) == DATASOURCE_REF, title
             if panel["type"] == "timeseries":
                 assert target.get("legendFormat"), f"{title}: a series without a legend"
+            for name, matchers in SELECTOR.findall(expr):
+                for matcher in SCOPE_MATCHERS:
+                    assert matcher in matchers, f"{title}: {name} not filtered by {matcher}"
+            if path.stem == "wsgateway-channel":
+                assert channel_matcher in expr, f"{title}: not filtered by the channel"
             # Multi-value and All: only a regex match works, never channel="$channel".
-            assert not re.search(r'channel\s*(=|!=)\s*"\$', expr), (title, expr)
+            multi = re.search(r'channel\s*(=|!=)\s*"\$', expr)
+            assert bool(multi) is (path.stem == "wsgateway-channel"), (title, expr)
             for window in re.findall(r"\[([^\]]*)\]", expr):
                 assert window.startswith("$__"), f"{title}: fixed rate() window [{window}]"
+
+
+def test_panels_show_sizes_in_bytes() -> None:
+    """A histogram of bytes is drawn on a byte axis; its cells are frames per second."""
+    heatmaps = [
+        panel
+        for path in DASHBOARD_FILES
+        for panel in visual_panels(load_dashboard(path))
+        if panel["type"] == "heatmap"
+    ]
+    assert heatmaps
+    for panel in heatmaps:
+        (target,) = panel["targets"]
+        assert "_bytes_bucket" in target["expr"], panel["title"]
+        assert panel["fieldConfig"]["defaults"]["unit"] == "bytes", panel["title"]
+        assert panel["options"]["yAxis"]["unit"] == "bytes", panel["title"]
+        assert panel["options"]["cellValues"]["unit"] == "ops", panel["title"]
+
+
+@pytest.mark.parametrize("path", DASHBOARD_FILES, ids=lambda p: p.stem)
+def test_usage_against_limits_is_shown(path: Path) -> None:
+    titles = {panel["title"]: panel for panel in visual_panels(load_dashboard(path))}
+    for title, metric in (
+        ("Connections vs max_connections", "wsgateway_limit_connections"),
+        ("Fullest client queue vs max_outbox_bytes", "wsgateway_limit_bytes"),
+    ):
+        panel = titles[title]
+        assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+        assert metric in panel["targets"][0]["expr"]
 
 
 # -- the metric names -------------------------------------------------------------------------
@@ -232,7 +299,7 @@ async def test_every_metric_in_the_dashboards_and_rules_is_exported(gw: RunningG
             continue  # a per-process figure: every channel of the process counts
         for name, matchers in SELECTOR.findall(query.expr):
             if name in with_channel:
-                assert CHANNEL_MATCHER in matchers, (
+                assert CHANNEL_MATCHERS[query.dashboard] in matchers, (
                     f"{query.where()}: {name} not filtered by $channel"
                 )
     for rule in rules:
@@ -406,6 +473,13 @@ class PrometheusAPI:
         """Instant query at now; the whole answer (``status``, ``data`` or ``error``)."""
         return await self.get("/api/v1/query", query=expr, time=f"{time.time():.3f}")
 
+    async def label_values(self, label: str, match: str) -> list[str]:
+        url = f"{self.prometheus.url}/api/v1/label/{label}/values"
+        async with self.session.get(url, params={"match[]": match}) as r:
+            document = await r.json(content_type=None)
+            assert document["status"] == "success", document
+            return list(document["data"])
+
     async def scalar(self, expr: str) -> float:
         answer = await self.query(expr)
         assert answer["status"] == "success", answer
@@ -452,12 +526,13 @@ def has_data(data: dict[str, Any]) -> bool:
     return any(math.isfinite(v) for v in values)
 
 
-async def check_panels(api: PrometheusAPI) -> tuple[list[str], list[str]]:
+async def check_panels(api: PrometheusAPI, target: str) -> tuple[list[str], list[str]]:
     """(queries that do not parse, queries without data), each as "where: expr: why"."""
     broken, empty = [], []
     for query in panel_queries():
-        for channel in CHANNEL_SELECTIONS:
-            expr = substitute(query.expr, channel)
+        for selection in SELECTIONS[query.dashboard]:
+            chosen = {k: target if v == TARGET else v for k, v in selection.items()}
+            expr = substitute(query.expr, chosen)
             if "$" in expr:
                 broken.append(f"{query.where()}: unknown template variable in {expr}")
                 continue
@@ -465,8 +540,39 @@ async def check_panels(api: PrometheusAPI) -> tuple[list[str], list[str]]:
             if answer["status"] != "success":
                 broken.append(f"{query.where()}: {expr}: {answer.get('error')}")
             elif not has_data(answer["data"]):
-                empty.append(f"{query.where()} with $channel={channel}: {expr}: no data")
+                empty.append(f"{query.where()} with {chosen}: {expr}: no data")
     return broken, empty
+
+
+async def check_scoped(api: PrometheusAPI) -> list[str]:
+    """Queries that still answer with another instance selected: a panel that ignores
+    $instance (or $job) would show every node whatever is chosen."""
+    unscoped = []
+    for query in panel_queries():
+        for other in (
+            {"job": "wsgateway", "instance": "other:1"},
+            {"job": "other", "instance": ".*"},
+        ):
+            expr = substitute(query.expr, {**other, "channel": "ticker"})
+            answer = await api.query(expr)
+            if answer["status"] == "success" and has_data(answer["data"]):
+                unscoped.append(f"{query.where()} with {other}: {expr}: answers")
+    return unscoped
+
+
+async def check_variables(api: PrometheusAPI, target: str) -> list[str]:
+    """The variables' own queries, as Grafana's label_values runs them: the series API."""
+    failures = []
+    for path in DASHBOARD_FILES:
+        found = variables(load_dashboard(path))
+        for name, expected in (("job", JOB), ("instance", target), ("channel", "ticker")):
+            definition = substitute(found[name]["definition"], {"job": JOB, "instance": target})
+            match = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", definition)
+            assert match, definition
+            values = await api.label_values(match.group(2), match.group(1))
+            if expected not in values:
+                failures.append(f"{path.stem} ${name}: {definition} gave {values}")
+    return failures
 
 
 async def check_rules(api: PrometheusAPI) -> list[str]:
@@ -508,12 +614,14 @@ async def test_every_panel_and_alert_query_works_against_a_real_prometheus(
             # more scrapes while traffic keeps flowing, then report.
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
+            target = f"127.0.0.1:{gw.server.port}"
             while True:
-                broken, empty = await check_panels(api)
+                broken, empty = await check_panels(api, target)
                 if broken or not empty or loop.time() > deadline:
                     break
                 await asyncio.sleep(1)
             failures = broken + empty + await check_rules(api)
+            failures += await check_scoped(api) + await check_variables(api, target)
             assert not failures, prometheus.failure(
                 f"{len(failures)} failing queries:\n" + "\n".join(failures)
             )

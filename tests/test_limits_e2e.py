@@ -176,7 +176,7 @@ async def test_slow_consumer_closed_1013_without_slowing_others(
     assert sample(gw, channel_slow, channel="ticker") == 1
     assert sample(gw, "wsgateway_errors_total", channel="ticker", type="slow_consumer") == 1
     assert (
-        sample(gw, "wsgateway_messages_failed_total", channel="ticker", reason="slow_consumer") >= 1
+        sample(gw, "wsgateway_updates_failed_total", channel="ticker", reason="slow_consumer") >= 1
     )
     # The fast client got every message, in order, without a gap.
     await until(lambda: len(received) == published, timeout=20)

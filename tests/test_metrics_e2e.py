@@ -11,12 +11,15 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 
+import wsgateway
 from wsgateway import Settings
 from wsgateway.metrics import (
     CLIENT_ERROR_CODES,
     DISCONNECT_REASONS,
     ERROR_TYPES,
     FAIL_REASONS,
+    FRAME_KINDS,
+    LIMIT_METRICS,
     RATE_LIMITS,
     REJECT_REASONS,
     REPAIR_OUTCOMES,
@@ -93,8 +96,8 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
     checks = {
         "total_connections": "wsgateway_connections_total",
         "active_connections": "wsgateway_connections_active",
-        "messages_sent": "wsgateway_messages_sent_total",
-        "messages_failed": "wsgateway_messages_failed_total",
+        "messages_sent": "wsgateway_updates_sent_total",
+        "messages_failed": "wsgateway_updates_failed_total",
         "errors": "wsgateway_errors_total",
         "messages_published": "wsgateway_messages_published_total",
         "messages_received": "wsgateway_messages_received_total",
@@ -112,8 +115,13 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
                 samples, "wsgateway_connections_rejected_total", channel=channel, reason=reason
             )
         for setting in LIMIT_NAMES:
-            assert figures["limits"][setting] == value(
-                samples, "wsgateway_limit", channel=channel, setting=setting
+            name, factor = LIMIT_METRICS[setting]
+            assert figures["limits"][setting] == pytest.approx(
+                value(samples, name, channel=channel, setting=setting) / factor
+            )
+        for kind, count in figures["frames_sent"].items():
+            assert count == value(
+                samples, "wsgateway_frames_sent_total", channel=channel, kind=kind
             )
         for setting in RATE_LIMITS:
             assert figures["rate_limits"][setting] == figures["limits"][setting]
@@ -125,9 +133,11 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
     # The traffic really happened, and the figures say so.
     ticker = view["managers"]["ticker"]
     assert ticker["total_connections"] == 1 and ticker["messages_published"] == 5
-    assert ticker["messages_sent"] == 1 + 1 + 5  # subscribed ack, bad_json error, 5 updates
+    assert ticker["messages_sent"] == 5  # updates only
+    assert ticker["frames_sent"] == {"reply": 1, "error": 1, "pong": 0, "reset": 0}
     assert ticker["messages_received"] == 2
-    assert view["managers"]["trades"]["messages_sent"] == 1 + 5
+    assert view["managers"]["trades"]["messages_sent"] == 5
+    assert view["managers"]["trades"]["frames_sent"]["reply"] == 1
     assert view["managers"]["user"]["rejected"]["unauthorized"] == 1
     assert view["managers"]["orderbook"]["total_connections"] == 1
 
@@ -135,7 +145,7 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
         total(samples, "wsgateway_connections_active", c) for c in view["managers"]
     )
     assert view["total_messages_sent"] == sum(
-        total(samples, "wsgateway_messages_sent_total", c) for c in view["managers"]
+        total(samples, "wsgateway_updates_sent_total", c) for c in view["managers"]
     )
     assert view["total_errors"] == sum(
         total(samples, "wsgateway_errors_total", c) for c in view["managers"]
@@ -166,6 +176,14 @@ async def test_every_channel_is_present_before_any_connection(
     assert value(samples, "wsgateway_connections_active", channel="beta") == 0
 
 
+async def test_build_info_and_no_created_series_in_a_real_scrape(gw: RunningGateway) -> None:
+    _, text = await scrape(gw)
+    (build,) = [line for line in text.splitlines() if line.startswith("wsgateway_build_info{")]
+    assert f'version="{wsgateway.__version__}"' in build and build.endswith(" 1.0")
+    assert not [line for line in text.splitlines() if "_created" in line]
+    assert "wsgateway_limit{" not in text and "wsgateway_messages_sent" not in text
+
+
 @pytest.mark.attack
 async def test_labels_come_only_from_closed_sets(gw: RunningGateway) -> None:
     """No topic, user, address or connection id may ever become a label value."""
@@ -178,11 +196,12 @@ async def test_labels_come_only_from_closed_sets(gw: RunningGateway) -> None:
         "limit": set(RATE_LIMITS),
         "setting": set(LIMIT_NAMES),
         "outcome": {*RESUME_OUTCOMES, *REPAIR_OUTCOMES},
+        "kind": set(FRAME_KINDS),
         "le": set(),  # histogram buckets: any number
     }
     for (name, labels), _ in parse((await scrape(gw))[1]).items():
-        if not name.startswith("wsgateway_"):
-            continue
+        if not name.startswith("wsgateway_") or name == "wsgateway_build_info":
+            continue  # build_info: one series, its labels the versions of this process
         for label, label_value in labels:
             assert label in allowed, (name, label)
             if label != "le":

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
 from typing import Any
 
+import aiohttp
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
+from wsgateway import __version__
 from wsgateway.metrics import (
     ERROR_TYPES,
     FAIL_REASONS,
+    FRAME_KINDS,
+    LIMIT_METRICS,
     REJECT_REASONS,
     ChannelState,
     GatewayMetrics,
     StateCollector,
     to_json,
 )
-from wsgateway.settings import Limits
+from wsgateway.settings import LIMIT_NAMES, Limits
 
 START = 1_000_000.0
 CHANNELS = ("market", "ticker", "orderbook", "trades", "user")
@@ -75,6 +80,7 @@ def test_every_channel_present_with_no_traffic() -> None:
         assert manager["active_connections"] == 0
         assert manager["messages_sent"] == 0
         assert manager["messages_failed"] == 0
+        assert manager["frames_sent"] == dict.fromkeys(FRAME_KINDS, 0)
         assert manager["errors"] == 0
         assert manager["last_error"] is None
         assert manager["success_rate"] is None
@@ -126,9 +132,11 @@ def drive_traffic() -> tuple[CollectorRegistry, FakeClock, dict[str, Any]]:
 
     ticker = metrics.for_channel("ticker")
     ticker.connections.inc(20)
-    ticker.sent.inc(1247)
+    ticker.updates_sent.inc(1247)
     ticker.failed["slow_consumer"].inc(2)
     ticker.failed["connection_lost"].inc(1)
+    ticker.frames_sent["reply"].inc(6)
+    ticker.frames_sent["error"].inc(2)
     ticker.rejected["rate_limited"].inc(4)
     ticker.published.inc(11)
     ticker.received.inc(9)
@@ -142,7 +150,7 @@ def drive_traffic() -> tuple[CollectorRegistry, FakeClock, dict[str, Any]]:
 
     trades = metrics.for_channel("trades")
     trades.connections.inc(5)
-    trades.sent.inc(100)
+    trades.updates_sent.inc(100)
     clock.now = START + 250.0
     trades.error("heartbeat_timeout")
 
@@ -162,6 +170,7 @@ def test_channel_figures() -> None:
     assert ticker["active_connections"] == 15
     assert ticker["messages_sent"] == 1247
     assert ticker["messages_failed"] == 3
+    assert ticker["frames_sent"] == {"reply": 6, "error": 2, "pong": 0, "reset": 0}
     assert ticker["errors"] == 3
     assert ticker["messages_published"] == 11
     assert ticker["messages_received"] == 9
@@ -283,12 +292,22 @@ def test_view_agrees_with_prometheus_exposition() -> None:
     registry, _clock, view = drive_traffic()
     text = generate_latest(registry).decode()
     lines = set(text.splitlines())
-    assert 'wsgateway_messages_sent_total{channel="ticker"} 1247.0' in lines
+    assert 'wsgateway_updates_sent_total{channel="ticker"} 1247.0' in lines
     assert 'wsgateway_connections_total{channel="ticker"} 20.0' in lines
     assert 'wsgateway_connections_active{channel="ticker"} 15.0' in lines
-    assert 'wsgateway_messages_failed_total{channel="ticker",reason="slow_consumer"} 2.0' in lines
+    assert 'wsgateway_updates_failed_total{channel="ticker",reason="slow_consumer"} 2.0' in lines
     assert 'wsgateway_errors_total{channel="ticker",type="connection_reset"} 2.0' in lines
-    assert 'wsgateway_limit{channel="ticker",setting="messages_per_second"} 5.0' in lines
+    assert 'wsgateway_limit_per_second{channel="ticker",setting="messages_per_second"} 5.0' in lines
+    assert 'wsgateway_limit_per_second{channel="ticker",setting="connections_per_minute"} 0.5' in (
+        lines
+    )
+    assert 'wsgateway_limit_seconds{channel="ticker",setting="heartbeat"} 2.5' in lines
+    assert (
+        'wsgateway_limit_bytes{channel="ticker",setting="max_outbox_bytes"} 1.048576e+06' in lines
+    )
+    assert 'wsgateway_limit_connections{channel="ticker",setting="max_connections"} 10000.0' in (
+        lines
+    )
     assert "wsgateway_broker_connected 0.0" in lines
     assert registry.get_sample_value("wsgateway_start_time_seconds") == START
     assert view["managers"]["ticker"]["messages_sent"] == 1247
@@ -300,7 +319,7 @@ def test_label_children_are_precreated_per_channel() -> None:
     text = generate_latest(registry).decode()
     for reason in FAIL_REASONS:
         assert (
-            f'wsgateway_messages_failed_total{{channel="orderbook",reason="{reason}"}} 0.0' in text
+            f'wsgateway_updates_failed_total{{channel="orderbook",reason="{reason}"}} 0.0' in text
         )
     for kind in ERROR_TYPES:
         assert f'wsgateway_errors_total{{channel="orderbook",type="{kind}"}} 0.0' in text
@@ -320,10 +339,10 @@ def test_two_gateways_on_separate_registries_do_not_collide() -> None:
     second = CollectorRegistry()
     one = GatewayMetrics(first, FakeClock(10.0))
     two = GatewayMetrics(second, FakeClock(20.0))
-    one.for_channel("ticker").sent.inc(5)
-    two.for_channel("ticker").sent.inc(7)
-    assert first.get_sample_value("wsgateway_messages_sent_total", {"channel": "ticker"}) == 5.0
-    assert second.get_sample_value("wsgateway_messages_sent_total", {"channel": "ticker"}) == 7.0
+    one.for_channel("ticker").updates_sent.inc(5)
+    two.for_channel("ticker").updates_sent.inc(7)
+    assert first.get_sample_value("wsgateway_updates_sent_total", {"channel": "ticker"}) == 5.0
+    assert second.get_sample_value("wsgateway_updates_sent_total", {"channel": "ticker"}) == 7.0
     assert first.get_sample_value("wsgateway_start_time_seconds") == 10.0
     assert second.get_sample_value("wsgateway_start_time_seconds") == 20.0
     assert to_json(first, ("ticker",), 15.0)["total_messages_sent"] == 5
@@ -340,10 +359,42 @@ def test_same_registry_twice_is_refused() -> None:
 def test_nothing_is_registered_on_the_global_registry() -> None:
     before = family_names(REGISTRY)
     registry, metrics, _clock, _states = build()
-    metrics.for_channel("ticker").sent.inc()
+    metrics.for_channel("ticker").updates_sent.inc()
     to_json(registry, CHANNELS, START)
     after = family_names(REGISTRY)
     assert after == before
     assert not any(name.startswith("wsgateway") for name in after)
     assert REGISTRY.get_sample_value("wsgateway_start_time_seconds") is None
-    assert "wsgateway_messages_sent" in family_names(registry)
+    assert "wsgateway_updates_sent" in family_names(registry)
+
+
+# -- conventions ------------------------------------------------------------------------------
+
+
+def test_every_limit_has_a_metric_by_its_unit() -> None:
+    assert list(LIMIT_METRICS) == list(LIMIT_NAMES)
+    limits = Limits(connections_per_minute=7, write_delay=0.003)
+    registry, _metrics, _clock, _states = build(channels=("ticker",), limits={"ticker": limits})
+    for setting, (name, factor) in LIMIT_METRICS.items():
+        value = registry.get_sample_value(name, {"channel": "ticker", "setting": setting})
+        assert value == getattr(limits, setting) * factor, setting
+    view = to_json(registry, ("ticker",), START)["managers"]["ticker"]
+    assert list(view["limits"]) == list(LIMIT_NAMES)
+    assert view["limits"]["connections_per_minute"] == 7  # per second in Prometheus
+    assert view["limits"]["write_delay"] == 0.003
+    text = generate_latest(registry).decode()
+    assert "wsgateway_limit{" not in text
+
+
+def test_build_info_names_the_versions() -> None:
+    registry, _metrics, _clock, _states = build()
+    (sample,) = [
+        s
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "wsgateway_build_info"
+    ]
+    assert sample.value == 1
+    assert sample.labels["version"] == __version__
+    assert sample.labels["python"] == platform.python_version()
+    assert sample.labels["aiohttp"] == aiohttp.__version__

@@ -43,6 +43,8 @@ REQUIRED_ALERTS = {
     "WSGatewayFeedSilent",
     "WSGatewayHighMemoryPerConnection",
     "WSGatewayFileDescriptorsNearLimit",
+    "WSGatewayNearMaxConnections",
+    "WSGatewayOutboxNearLimit",
 }
 SEVERITIES = {"critical", "warning"}
 RUNBOOK_URL = re.compile(r"^docs/runbook\.md#(?P<anchor>[a-z0-9_-]+)$")

@@ -102,7 +102,7 @@ async def test_updates_relayed_while_the_broker_answers_reach_the_client_once_in
     outcome = h.channel.complete(recovery, history(5, 2, 3, 4, 5))  # the broker is ahead
     assert outcome is not None
     for frame in outcome.frames:
-        h.channel.send_frame(client.conn, frame)
+        h.channel.send_update(client.conn, frame)
     h.channel.broadcast(update(5))  # on its way when the history was read: skipped
     h.channel.broadcast(update(6))
     h.channel.flush()
@@ -173,7 +173,7 @@ async def test_a_known_topic_waits_with_the_others_when_the_reply_needs_the_brok
     outcome = h.channel.complete(btc, History(Position("e1", 1), []))
     assert outcome is not None and outcome.reply_entry() == {"seq": 1, "epoch": "e1"}
     for frame in outcome.frames:
-        h.channel.send_frame(client.conn, frame)
+        h.channel.send_update(client.conn, frame)
     h.channel.broadcast(update(3))  # joined: live from here
     h.channel.flush()
     assert seqs(client) == [2, 3]

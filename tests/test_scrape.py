@@ -154,7 +154,7 @@ def test_the_gateway_exports_no_created_series_and_other_registries_keep_theirs(
     assert "_created" not in text
     lines = set(text.splitlines())
     # The pre-created children's series are all there, at 0 from the first scrape.
-    assert 'wsgateway_messages_failed_total{channel="ticker",reason="slow_consumer"} 0.0' in lines
+    assert 'wsgateway_updates_failed_total{channel="ticker",reason="slow_consumer"} 0.0' in lines
     assert 'wsgateway_delivery_latency_seconds_bucket{channel="ticker",le="+Inf"} 0.0' in lines
     assert 'wsgateway_delivery_latency_seconds_count{channel="ticker"} 0.0' in lines
     assert 'wsgateway_delivery_latency_seconds_sum{channel="ticker"} 0.0' in lines

@@ -17,7 +17,7 @@ from wsgateway.workermetrics import WORKER_UP
 
 def worker(index: int, count: int, directory: Path, sent: int) -> Siblings:
     registry = CollectorRegistry()
-    GatewayMetrics(registry).for_channel("ticker").sent.inc(sent)
+    GatewayMetrics(registry).for_channel("ticker").updates_sent.inc(sent)
     return Siblings(WorkerRole(index, count, str(directory)), registry, timeout=2.0)
 
 
@@ -37,7 +37,7 @@ def sent_by_worker(families: object) -> dict[str, float]:
         s.labels["worker"]: s.value
         for f in families  # type: ignore[attr-defined]
         for s in f.samples
-        if s.name == "wsgateway_messages_sent_total"
+        if s.name == "wsgateway_updates_sent_total"
     }
 
 

@@ -46,7 +46,7 @@ class Worker:
 
 def test_the_wire_format_keeps_every_family_and_sample_including_infinities() -> None:
     worker = Worker(100.0)
-    worker.ticker.sent.inc(7)
+    worker.ticker.updates_sent.inc(7)
     worker.ticker.delivery_latency.observe(0.003)
     families = from_wire(to_wire(worker.registry), "3")
     original = worker.families("3")
@@ -74,8 +74,8 @@ def test_the_wire_format_refuses_anything_else(garbage: bytes) -> None:
 
 def test_merge_labels_every_series_with_its_worker_and_says_who_answered() -> None:
     first, second = Worker(100.0), Worker(200.0)
-    first.ticker.sent.inc(3)
-    second.ticker.sent.inc(4)
+    first.ticker.updates_sent.inc(3)
+    second.ticker.updates_sent.inc(4)
     merged = merge(
         {"0": first.families("0"), "1": from_wire(to_wire(second.registry), "1"), "2": None}
     )
@@ -86,7 +86,7 @@ def test_merge_labels_every_series_with_its_worker_and_says_who_answered() -> No
         s.labels["worker"]: s.value
         for f in merged
         for s in f.samples
-        if s.name == "wsgateway_messages_sent_total" and s.labels["channel"] == "ticker"
+        if s.name == "wsgateway_updates_sent_total" and s.labels["channel"] == "ticker"
     }
     assert sent == {"0": 3.0, "1": 4.0}
     assert all("worker" in s.labels for f in merged for s in f.samples)
@@ -115,7 +115,7 @@ def test_the_json_view_of_a_node_adds_up_its_workers() -> None:
     first = Worker(100.0, connections=2)
     second = Worker(160.0, connections=5)
     for worker, sent, rejected in ((first, 3, 1), (second, 4, 2)):
-        worker.ticker.sent.inc(sent)
+        worker.ticker.updates_sent.inc(sent)
         worker.ticker.connections.inc(sent)
         worker.ticker.rejected["capacity"].inc(rejected)
     # 99 fast deliveries in one worker, 99 slow ones in the other: the node's median lies

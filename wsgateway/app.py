@@ -81,9 +81,9 @@ def metrics_address(app: web.Application) -> tuple[str, int] | None:
 
 
 def _figures(gateway: Gateway) -> tuple[int, int]:
-    """(open connections, messages sent) of this process, for its cluster record."""
+    """(open connections, updates sent) of this process, for its cluster record."""
     connections = sum(channel.state().connections for channel in gateway.channels.values())
-    sent = sum(s.value for m in gateway.metrics.sent.collect() for s in m.samples)
+    sent = sum(s.value for m in gateway.metrics.updates_sent.collect() for s in m.samples)
     return connections, int(sent)
 
 

@@ -182,7 +182,7 @@ class Channel:
         self._drop_subscriptions(conn, tuple(conn.topics))
         if conn.outbox:
             lost = "shutdown" if reason == "shutdown" else "connection_lost"
-            self.metrics.failed[lost].inc(len(conn.outbox))
+            self.metrics.failed[lost].inc(_updates(conn, len(conn.outbox)))
             conn.outbox.clear()
             conn.outbox_bytes = 0
         conn.closing = True
@@ -341,13 +341,20 @@ class Channel:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send(self, conn: Connection, payload: bytes) -> None:
-        """Queue one server frame (a reply) for ``conn``, in order with its updates."""
-        self.send_frame(conn, protocol.text_frame(payload))
+    def send(self, conn: Connection, payload: bytes, kind: str) -> None:
+        """Queue one server frame that is not an update for ``conn``, in order with its
+        updates; ``kind`` is its word in metrics.FRAME_KINDS (``reply``, ``error``)."""
+        self.send_frame(conn, protocol.text_frame(payload), kind)
 
-    def send_frame(self, conn: Connection, frame: bytes) -> None:
-        """Queue one ready-made frame (a pong) for ``conn``; like every reply, it counts
-        against ``max_outbox_bytes``."""
+    def send_frame(self, conn: Connection, frame: bytes, kind: str) -> None:
+        """Queue one ready-made frame of ``kind`` (a ``pong``) for ``conn``; like every
+        reply, it counts against ``max_outbox_bytes``."""
+        if not conn.closing:
+            self._enqueue([conn], frame, update=False)
+            _mark(conn, kind)
+
+    def send_update(self, conn: Connection, frame: bytes) -> None:
+        """Queue one update frame for ``conn`` alone (a replayed one)."""
         if not conn.closing:
             self._enqueue([conn], frame)
 
@@ -405,7 +412,9 @@ class Channel:
                     self._join(conn, topic, recoveries)
                     told.append(conn)
         if told:
-            self._enqueue(told, frame)
+            self._enqueue(told, frame, update=False)
+            for conn in told:
+                _mark(conn, "reset")
             self.metrics.resets.inc(len(told))
         return len(told)
 
@@ -419,8 +428,11 @@ class Channel:
             return self.positions.expire(())  # every topic is subscribed: keep by age alone
         return self.positions.expire(_Subscribed(self))
 
-    def _enqueue(self, connections: Collection[Connection], frame: bytes) -> int:
-        # The hot loop: runs once per delivery, so it does as little as it can.
+    def _enqueue(
+        self, connections: Collection[Connection], frame: bytes, update: bool = True
+    ) -> int:
+        # The hot loop: runs once per delivery, so it does as little as it can. A frame that
+        # is not an update is marked by the caller once queued (_mark), never here.
         size = len(frame)
         budget = self.limits.max_outbox_bytes - size
         dirty = self._dirty
@@ -454,7 +466,7 @@ class Channel:
             )
         queued = len(connections) - len(slow)  # before the drops shrink `connections`
         for conn in slow:
-            self._drop_slow_consumer(conn)
+            self._drop_slow_consumer(conn, unsent=1 if update else 0)
         if lagging:
             self._start_lagging(lagging)
         return queued
@@ -546,7 +558,8 @@ class Channel:
             )
 
     def _write_outboxes(self, connections: Iterable[Connection]) -> None:
-        sent = lost = 0
+        sent = lost = 0  # update frames
+        others: list[str] = []  # the kinds of the other frames written
         held = self._held
         limit = self.limits.max_outbox_bytes
         lagging: list[Connection] = []
@@ -568,10 +581,17 @@ class Channel:
             data = outbox[0] if count == 1 else b"".join(outbox)
             outbox.clear()
             conn.outbox_bytes = 0
+            mixed = conn.others
+            if mixed is not None:  # replies among the updates (rare): split them off
+                conn.others = None
+                count -= len(mixed)
+                others += mixed  # taken back below if the write fails
             # A transport that is not closing still owns conn.fd: the direct write below
             # cannot reach a descriptor the kernel has since given to another socket.
             if transport.is_closing():
                 lost += count
+                if mixed is not None:
+                    del others[-len(mixed) :]
                 continue
             written = 0
             fd = conn.fd
@@ -595,6 +615,8 @@ class Channel:
             except Exception:  # a transport that fails to write: the peer is gone
                 log.debug("write to a client of %s failed", self.name, exc_info=True)
                 lost += count
+                if mixed is not None:
+                    del others[-len(mixed) :]
                 self._fail(conn, "send_failed", 1011, "send failed")
                 continue
             conn.backlog = backlog = transport.get_write_buffer_size()
@@ -606,7 +628,9 @@ class Channel:
         if lagging:
             self._start_lagging(lagging)
         if sent:
-            self.metrics.sent.inc(sent)
+            self.metrics.updates_sent.inc(sent)
+        if others:
+            self._count_others(others)
         if lost:
             self.metrics.failed["connection_lost"].inc(lost)
         if held:
@@ -617,7 +641,7 @@ class Channel:
             return
         # Everything still in the outbox is lost to this client, and so is the frame that
         # did not fit (``unsent``): count them, free them, and close with 1013.
-        self.metrics.failed["slow_consumer"].inc(len(conn.outbox) + unsent)
+        self.metrics.failed["slow_consumer"].inc(_updates(conn, len(conn.outbox)) + unsent)
         conn.outbox.clear()
         conn.outbox_bytes = 0
         self.metrics.slow_consumers.inc()
@@ -643,17 +667,26 @@ class Channel:
         outbox, conn.outbox, conn.outbox_bytes = conn.outbox, [], 0
         if not outbox:
             return
+        mixed = conn.others
+        updates = _updates(conn, len(outbox))
         if conn.transport.is_closing():
-            self.metrics.failed["connection_lost"].inc(len(outbox))
+            self.metrics.failed["connection_lost"].inc(updates)
             return
         try:
             conn.transport.write(b"".join(outbox))
         except Exception:  # the peer is gone; closing goes on (shutdown must reach everyone)
             log.debug("final write to a client of %s failed", self.name, exc_info=True)
-            self.metrics.failed["connection_lost"].inc(len(outbox))
+            self.metrics.failed["connection_lost"].inc(updates)
             self.metrics.error("send_failed")
             return
-        self.metrics.sent.inc(len(outbox))
+        self.metrics.updates_sent.inc(updates)
+        if mixed:
+            self._count_others(mixed)
+
+    def _count_others(self, kinds: Iterable[str]) -> None:
+        frames = self.metrics.frames_sent
+        for kind in kinds:
+            frames[kind].inc()
 
     def close_all(self, code: int, message: str, reason: str) -> int:
         """Close every connection (shutdown, drain); returns how many there were."""
@@ -669,14 +702,14 @@ class Channel:
         # Only a connection with frames in its outbox or bytes left in its transport at its
         # last write holds any: the rest cost two attribute reads, not two calls (a scrape
         # at 10,000 connections, benchmarks/scrape.py).
+        pending = [c.pending_bytes() for c in self._connections if c.outbox_bytes or c.backlog]
         return ChannelState(
             channel=self.name,
             connections=len(self._connections),
             subscriptions=self._subscriptions,
             topics=len(self._topics),
-            outbox_bytes=sum(
-                c.pending_bytes() for c in self._connections if c.outbox_bytes or c.backlog
-            ),
+            outbox_bytes=sum(pending),
+            outbox_largest_bytes=max(pending, default=0),
         )
 
     def footprint(self) -> dict[str, int]:
@@ -700,6 +733,27 @@ class Channel:
     @property
     def connections(self) -> frozenset[Connection]:
         return frozenset(self._connections)
+
+
+def _mark(conn: Connection, kind: str) -> None:
+    """Note a frame of ``kind`` (not an update) just queued for ``conn``, unless the queueing
+    dropped it (a slow consumer, closed)."""
+    if conn.closing:
+        return
+    if conn.others is None:
+        conn.others = [kind]
+    else:
+        conn.others.append(kind)
+
+
+def _updates(conn: Connection, frames: int) -> int:
+    """How many of the ``frames`` in ``conn``'s outbox are updates; forgets the others, whose
+    outbox is being emptied."""
+    others = conn.others
+    if others is None:
+        return frames
+    conn.others = None
+    return frames - len(others)
 
 
 class _Subscribed:

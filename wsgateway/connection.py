@@ -47,6 +47,7 @@ class Connection:
         "closing",
         "fd",
         "lagging_since",
+        "others",
         "outbox",
         "outbox_bytes",
         "transport",
@@ -81,6 +82,10 @@ class Connection:
         #: frames waiting for this loop turn's flush, and their size in bytes
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
+        #: the kinds (metrics.FRAME_KINDS) of the frames in the outbox that are not updates,
+        #: None when all are: replies are rare, so a write or a drop of a whole outbox splits
+        #: into updates and others with one subtraction, and fan-out marks nothing
+        self.others: list[str] | None = None
         #: bytes the transport still held after the last flush (the kernel would not take them)
         self.backlog = 0
         #: bytes handed to its transport (or its socket) while it lagged, a running total:

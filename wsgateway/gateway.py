@@ -174,9 +174,9 @@ class Gateway:
                 metrics.resumes["recovered" if outcome.recovered else "not_recovered"].inc()
                 metrics.replayed.inc(outcome.replayed)
         positions = {t: entries[t] for t in joining.topics if t in entries}
-        channel.send(conn, subscribed(joining.topics, request.id, positions))
+        channel.send(conn, subscribed(joining.topics, request.id, positions), "reply")
         for frame in frames:
-            channel.send_frame(conn, frame)
+            channel.send_update(conn, frame)
 
     def _check_broker_reads(
         self, channel: Channel, conn: Connection, joining: Joining, request_id: RequestId

@@ -13,16 +13,19 @@ words below. Never a topic, user, address or connection id.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from . import __version__
 from .brokers.base import BrokerStats
 from .scrape import Counter, Gauge, Histogram
 from .settings import FLOAT_LIMITS, Limits
@@ -40,6 +43,12 @@ REJECT_REASONS = (
     "bad_handshake",
 )
 FAIL_REASONS = ("slow_consumer", "connection_lost", "shutdown")
+#: The frames written to clients besides updates (``wsgateway_frames_sent_total{kind}``):
+#: ``reply`` answers a request (subscribed, unsubscribed, the JSON pong), ``error`` refuses
+#: one, ``pong`` is the WebSocket control frame answering a client's ping, ``reset`` says a
+#: topic's continuity broke. Updates, replayed ones included, are
+#: ``wsgateway_updates_sent_total``.
+FRAME_KINDS = ("reply", "error", "pong", "reset")
 ERROR_TYPES = ("slow_consumer", "heartbeat_timeout", "connection_reset", "send_failed", "internal")
 DISCONNECT_REASONS = (
     "client_closed",
@@ -78,6 +87,36 @@ DURATION_BUCKETS = (0.00005, *(b for b in LATENCY_BUCKETS if b <= 1.0))
 # Update frame sizes: a ticker (~150 B) to an order-book snapshot (hundreds of KB).
 SIZE_BUCKETS = (64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144, 1048576)
 LATENCY_QUANTILES = (0.5, 0.9, 0.99)
+#: The metric of each limit of settings.Limits, one per unit (Prometheus' base units), and
+#: the factor from the setting's unit to the metric's (connections_per_minute is exported
+#: per second). tests/test_metrics_view.py checks every limit has one.
+LIMIT_METRICS: dict[str, tuple[str, float]] = {
+    "connections_per_minute": ("wsgateway_limit_per_second", 1 / 60),
+    "handshakes_per_second": ("wsgateway_limit_per_second", 1),
+    "handshake_burst": ("wsgateway_limit_handshakes", 1),
+    "messages_per_second": ("wsgateway_limit_per_second", 1),
+    "max_connections": ("wsgateway_limit_connections", 1),
+    "max_connections_per_ip": ("wsgateway_limit_connections", 1),
+    "max_topics": ("wsgateway_limit_topics", 1),
+    "max_message_size": ("wsgateway_limit_bytes", 1),
+    "max_outbox_bytes": ("wsgateway_limit_bytes", 1),
+    "heartbeat": ("wsgateway_limit_seconds", 1),
+    "write_delay": ("wsgateway_limit_seconds", 1),
+    "slow_consumer_grace": ("wsgateway_limit_seconds", 1),
+    "history_size": ("wsgateway_limit_updates", 1),
+    "history_ttl": ("wsgateway_limit_seconds", 1),
+    "topic_ttl": ("wsgateway_limit_seconds", 1),
+    "max_replay": ("wsgateway_limit_updates", 1),
+}
+_LIMIT_HELP = {
+    "wsgateway_limit_per_second": "Configured rate limits of a channel, per second, by setting",
+    "wsgateway_limit_handshakes": "Configured handshake burst of a channel",
+    "wsgateway_limit_connections": "Configured connection limits of a channel (per process)",
+    "wsgateway_limit_topics": "Configured topics per connection of a channel",
+    "wsgateway_limit_bytes": "Configured size limits of a channel, in bytes, by setting",
+    "wsgateway_limit_seconds": "Configured durations of a channel, in seconds, by setting",
+    "wsgateway_limit_updates": "Configured history and replay lengths of a channel, in updates",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +128,8 @@ class ChannelState:
     subscriptions: int
     topics: int
     outbox_bytes: int
+    #: bytes queued for the one client with the most (what max_outbox_bytes bounds)
+    outbox_largest_bytes: int = 0
 
 
 class ChannelMetrics:
@@ -98,7 +139,8 @@ class ChannelMetrics:
         self.connections = metrics.connections.labels(channel)
         self.published = metrics.published.labels(channel)
         self.received = metrics.received.labels(channel)
-        self.sent = metrics.sent.labels(channel)
+        self.updates_sent = metrics.updates_sent.labels(channel)
+        self.frames_sent = {k: metrics.frames_sent.labels(channel, k) for k in FRAME_KINDS}
         self.slow_consumers = metrics.slow_consumers.labels(channel)
         self.broadcast_duration = metrics.broadcast_duration.labels(channel)
         self.delivery_latency = metrics.delivery_latency.labels(channel)
@@ -136,6 +178,12 @@ class GatewayMetrics:
             "wsgateway_start_time_seconds", "Unix time the gateway started", registry=r
         )
         self.start_time.set(clock())
+        Gauge(
+            "wsgateway_build_info",
+            "Always 1; the versions of the gateway, Python and aiohttp as labels",
+            ["version", "python", "aiohttp"],
+            registry=r,
+        ).labels(__version__, platform.python_version(), aiohttp.__version__).set(1)
         self.connections = Counter(
             "wsgateway_connections_total", "WebSocket connections accepted", ["channel"], registry=r
         )
@@ -168,15 +216,21 @@ class GatewayMetrics:
             ["channel"],
             registry=r,
         )
-        self.sent = Counter(
-            "wsgateway_messages_sent_total",
-            "Frames written to client sockets",
+        self.updates_sent = Counter(
+            "wsgateway_updates_sent",
+            "Update frames written to client sockets (replayed ones included)",
             ["channel"],
             registry=r,
         )
+        self.frames_sent = Counter(
+            "wsgateway_frames_sent",
+            "Frames other than updates written to client sockets, by kind",
+            ["channel", "kind"],
+            registry=r,
+        )
         self.failed = Counter(
-            "wsgateway_messages_failed_total",
-            "Frames that could not be delivered, by reason",
+            "wsgateway_updates_failed",
+            "Update frames queued for a client that could not be delivered, by reason",
             ["channel", "reason"],
             registry=r,
         )
@@ -354,11 +408,15 @@ class StateCollector(Collector):
         self._broker_stats = broker_stats
 
     def describe(self) -> Iterable[Metric]:
-        return [*self._families(), *self._broker_counters(BrokerStats())]
+        return [
+            *self._families(),
+            *self._limit_families().values(),
+            *self._broker_counters(BrokerStats()),
+        ]
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        active, subscriptions, topics, outbox, limit, broker, sockets = families
+        active, subscriptions, topics, outbox, largest, broker, sockets = families
         connections = 0
         for state in self._states():
             connections += state.connections
@@ -366,12 +424,27 @@ class StateCollector(Collector):
             subscriptions.add_metric([state.channel], state.subscriptions)
             topics.add_metric([state.channel], state.topics)
             outbox.add_metric([state.channel], state.outbox_bytes)
-        for channel, limits in self._limits.items():
-            for item in fields(limits):
-                limit.add_metric([channel, item.name], float(getattr(limits, item.name)))
+            largest.add_metric([state.channel], state.outbox_largest_bytes)
+        limits = self._limit_families()
+        for channel, values in self._limits.items():
+            for item in fields(values):
+                name, factor = LIMIT_METRICS[item.name]
+                value = float(getattr(values, item.name)) * factor
+                limits[name].add_metric([channel, item.name], value)
         broker.add_metric([], 1.0 if self._broker_connected() else 0.0)
         sockets.add_metric([], connections + self._closing_sockets())
-        return [*families, *self._broker_counters(self._broker_stats())]
+        return [
+            *families,
+            *limits.values(),
+            *self._broker_counters(self._broker_stats()),
+        ]
+
+    @staticmethod
+    def _limit_families() -> dict[str, GaugeMetricFamily]:
+        return {
+            name: GaugeMetricFamily(name, text, labels=["channel", "setting"])
+            for name, text in _LIMIT_HELP.items()
+        }
 
     @staticmethod
     def _broker_counters(stats: BrokerStats) -> list[CounterMetricFamily]:
@@ -415,9 +488,10 @@ class StateCollector(Collector):
                 labels=["channel"],
             ),
             GaugeMetricFamily(
-                "wsgateway_limit",
-                "Configured limit of a channel, by setting",
-                labels=["channel", "setting"],
+                "wsgateway_outbox_largest_bytes",
+                "Bytes queued for the one client with the most queued (max_outbox_bytes "
+                "bounds each client)",
+                labels=["channel"],
             ),
             GaugeMetricFamily(
                 "wsgateway_broker_connected", "1 while the broker can move messages, else 0"
@@ -473,6 +547,10 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
 def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[str, Any]:
     """The ``/api/ws/metrics`` document, read only from ``registry``.
 
+    ``messages_sent`` and ``messages_failed`` count update frames (the success rate is
+    theirs); the other frames written are ``frames_sent``, by kind. ``limits`` are in the
+    settings' own units, whatever unit their metric has.
+
     ``registry`` may hold the series of several workers (``workermetrics.merge``, a
     ``worker`` label on each): the document shows the node. Counters, connections and
     histogram buckets add up; the uptime is the oldest worker's; the broker counts as
@@ -484,6 +562,7 @@ def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[st
             "active_connections": 0,
             "messages_sent": 0,
             "messages_failed": 0,
+            "frames_sent": {kind: 0 for kind in FRAME_KINDS},
             "errors": 0,
             "last_error": None,
             "success_rate": None,
@@ -503,8 +582,8 @@ def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[st
     counters = {
         "wsgateway_connections_total": "total_connections",
         "wsgateway_connections_active": "active_connections",
-        "wsgateway_messages_sent_total": "messages_sent",
-        "wsgateway_messages_failed_total": "messages_failed",
+        "wsgateway_updates_sent_total": "messages_sent",
+        "wsgateway_updates_failed_total": "messages_failed",
         "wsgateway_errors_total": "errors",
         "wsgateway_messages_published_total": "messages_published",
         "wsgateway_messages_received_total": "messages_received",
@@ -535,9 +614,13 @@ def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[st
         elif name == "wsgateway_connections_rejected_total":
             rejected = channel["rejected"]
             rejected[labels["reason"]] = rejected.get(labels["reason"], 0) + int(value)
-        elif name == "wsgateway_limit":
+        elif name == "wsgateway_frames_sent_total":
+            frames = channel["frames_sent"]
+            frames[labels["kind"]] = frames.get(labels["kind"], 0) + int(value)
+        elif name in _LIMIT_HELP:
             setting = labels["setting"]
-            channel["limits"][setting] = value if setting in FLOAT_LIMITS else int(value)
+            value /= LIMIT_METRICS[setting][1]  # back to the setting's own unit
+            channel["limits"][setting] = value if setting in FLOAT_LIMITS else round(value)
         elif name == "wsgateway_delivery_latency_seconds_bucket":
             counts = latency_buckets[labels["channel"]]
             le = float(labels["le"])
@@ -551,7 +634,9 @@ def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[st
     for channel in per.values():
         channel["success_rate"] = _rate(channel["messages_sent"], channel["messages_failed"])
         channel["uptime"] = uptime
-        channel["rate_limits"] = {k: channel["limits"].get(k) for k in RATE_LIMITS[::-1]}
+        limits = channel["limits"]
+        channel["limits"] = {k: limits[k] for k in LIMIT_METRICS if k in limits}  # their order
+        channel["rate_limits"] = {k: limits.get(k) for k in RATE_LIMITS[::-1]}
     for name, counts in latency_buckets.items():
         per[name]["latency_seconds"] = {
             f"p{round(q * 100)}": _round(histogram_quantile(q, list(counts.items())))

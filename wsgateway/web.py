@@ -156,7 +156,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 # Answered here (autoping is off), as a reply queued like any other: a client
                 # that floods pings and never reads becomes a slow consumer (1013) instead of
                 # holding this handler in aiohttp's pong write forever.
-                channel.send_frame(conn, protocol.pong_frame(msg.data))
+                channel.send_frame(conn, protocol.pong_frame(msg.data), "pong")
             elif kind is WSMsgType.PONG:
                 pass  # any frame resets aiohttp's heartbeat; nothing else to do
             elif kind is WSMsgType.BINARY:
@@ -311,14 +311,14 @@ def _answer(
     except ClientError as exc:
         exc.request_id = request.id  # the channel's refusal does not know the request's id
         raise
-    channel.send(conn, reply)
+    channel.send(conn, reply, "reply")
 
 
 def _reply_error(channel: Channel, conn: Connection, exc: ClientError, **extra: Any) -> None:
     channel.metrics.client_errors[exc.code].inc()
     if exc.retry_after is not None:
         extra.setdefault("retry_after", exc.retry_after)
-    channel.send(conn, protocol.error(exc.code, exc.message, exc.request_id, **extra))
+    channel.send(conn, protocol.error(exc.code, exc.message, exc.request_id, **extra), "error")
 
 
 async def _rate_limited(channel: Channel, conn: Connection, text: str, now: float) -> None:
