@@ -186,6 +186,7 @@ class Channel:
             conn.outbox.clear()
             conn.outbox_bytes = 0
         conn.closing = True
+        conn.end_reason = reason
         self.metrics.disconnects[reason].inc()
 
     # -- subscriptions ----------------------------------------------------------------------
@@ -588,6 +589,7 @@ class Channel:
                     if conn.lagging_since is not None:
                         conn.written += written
                     conn.backlog = 0
+                    conn.frames_out += count
                     sent += count
                     continue
             try:
@@ -602,6 +604,7 @@ class Channel:
                 conn.written += len(data)  # counted only while it lags: what outbox.py measures
             elif backlog > limit:
                 lagging.append(conn)  # the kernel refused more than the limit: it lags now
+            conn.frames_out += count  # one add per write, however many frames it carries
             sent += count
         if lagging:
             self._start_lagging(lagging)
@@ -653,6 +656,7 @@ class Channel:
             self.metrics.failed["connection_lost"].inc(len(outbox))
             self.metrics.error("send_failed")
             return
+        conn.frames_out += len(outbox)
         self.metrics.sent.inc(len(outbox))
 
     def close_all(self, code: int, message: str, reason: str) -> int:
