@@ -197,6 +197,7 @@ def get(path: str, method: str = "GET") -> bytes:
     return f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
 
 
+@pytest.mark.attack
 async def test_no_answer_names_the_server_on_either_listener(start: Any) -> None:
     """aiohttp wrote ``Server: Python/3.11 aiohttp/3.x`` on every answer, the 400 for a
     malformed request included (it has no route, so no app signal runs for it)."""
