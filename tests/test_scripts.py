@@ -15,6 +15,7 @@ import pytest
 from tests.processes import ROOT
 
 BASH = shutil.which("bash") or "/bin/bash"
+CHMOD = shutil.which("chmod") or "/bin/chmod"
 PACKAGES = ["prometheus", "chromium", "chromium-driver", "redis-server", "haproxy"]
 #: haproxy is looked for in /usr/sbin and /sbin as well (often not on a user's PATH)
 HAPROXY_INSTALLED = any(Path(d, "haproxy").exists() for d in ("/usr/sbin", "/sbin"))
@@ -46,17 +47,20 @@ def calls(log: Path) -> list[str]:
 @pytest.fixture
 def serve_repo(tmp_path: Path) -> Path:
     """A copy of scripts/serve and the packaging files, with a .venv whose python records
-    each call (``fail`` in the repo makes it fail) and whose wsgateway echoes its args."""
+    each call and installs a wsgateway that echoes its arguments (``fail`` in the repo makes
+    it fail instead)."""
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts" / "serve", repo / "scripts" / "serve")
     for name in ("setup.cfg", "pyproject.toml"):
         shutil.copy(ROOT / name, repo / name)
+    wsgateway = repo / ".venv" / "bin" / "wsgateway"
     stub(
         repo / ".venv" / "bin" / "python",
-        f'echo "python $*" >> {repo}/calls; [ ! -e {repo}/fail ]',
+        f'echo "python $*" >> {repo}/calls\n'
+        f"[ ! -e {repo}/fail ] || exit 1\n"
+        f"printf '#!{BASH}\\necho \"wsgateway $*\"\\n' > {wsgateway}; {CHMOD} +x {wsgateway}",
     )
-    stub(repo / ".venv" / "bin" / "wsgateway", 'echo "wsgateway $*"')
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("dirname", "cat", "cksum"):
@@ -76,7 +80,7 @@ def test_serve_installs_on_first_use_then_starts(serve_repo: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert calls(serve_repo / "calls") == [INSTALL]
     assert result.stdout == "wsgateway serve --demo --port 9000\n"
-    assert "installing wsgateway" in result.stderr
+    assert "== installing wsgateway into .venv (first run)" in result.stderr
 
 
 def test_serve_does_not_reinstall_when_nothing_changed(serve_repo: Path) -> None:
@@ -97,6 +101,7 @@ def test_serve_reinstalls_when_a_packaging_file_changed(serve_repo: Path, change
     result = serve(serve_repo)
     assert result.returncode == 0, result.stderr
     assert calls(serve_repo / "calls") == [INSTALL, INSTALL]
+    assert "(setup.cfg pyproject.toml changed since the last install)" in result.stderr
     serve(serve_repo)
     assert calls(serve_repo / "calls") == [INSTALL, INSTALL]  # and then not again
 
@@ -115,7 +120,7 @@ def test_a_venv_made_by_scripts_test_gets_one_install(serve_repo: Path) -> None:
     """scripts/test installs without writing the stamp: serve installs once, then trusts it."""
     serve(serve_repo)
     (serve_repo / ".venv" / ".packaging-installed").unlink()
-    serve(serve_repo)
+    assert "(installed by something else: no record of" in serve(serve_repo).stderr
     serve(serve_repo)
     assert calls(serve_repo / "calls") == [INSTALL, INSTALL]
 
