@@ -119,6 +119,18 @@ async def test_a_session_the_gateway_closes_says_why(
     assert sessions(caplog)[0].groups()[1:] == ("1003", "binary_frame", "2", "1")
 
 
+async def test_a_session_ended_by_a_drain(start: Any, caplog: pytest.LogCaptureFixture) -> None:
+    gw = await start()
+    gateway = get_gateway(gw.server.app)
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        async with websockets.connect(gw.ws) as ws:
+            await request(ws, {"type": "subscribe", "topics": ["A"], "id": 1})
+            gateway.drain(seconds=0)
+            assert await wait_closed(ws) == 1012
+        await until(lambda: len(sessions(caplog)) == 1)
+    assert sessions(caplog)[0].groups()[1:] == ("1012", "draining", "1", "1")
+
+
 async def test_a_session_ended_by_a_shutdown(start: Any, caplog: pytest.LogCaptureFixture) -> None:
     gw = await start()
     with caplog.at_level(logging.INFO, logger="aiohttp.access"):
