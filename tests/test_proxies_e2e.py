@@ -241,7 +241,7 @@ async def test_the_access_log_names_the_client_behind_a_trusted_proxy(
                 async with (
                     session(source) as http,
                     http.get(
-                        f"http://127.0.0.1:{server.port}/healthz",
+                        f"http://127.0.0.1:{server.port}/api",  # not a poll: INFO
                         headers={"X-Forwarded-For": client},
                     ) as response,
                 ):
@@ -249,5 +249,5 @@ async def test_the_access_log_names_the_client_behind_a_trusted_proxy(
     finally:
         await server.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "test.access"]
-    assert lines[0].startswith('198.51.100.9 "GET /healthz" 200'), lines
-    assert lines[1].startswith(f'{ELSEWHERE} "GET /healthz" 200'), lines
+    assert lines[0].startswith('198.51.100.9 "GET /api" 200'), lines
+    assert lines[1].startswith(f'{ELSEWHERE} "GET /api" 200'), lines

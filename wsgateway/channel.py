@@ -186,6 +186,7 @@ class Channel:
             conn.outbox.clear()
             conn.outbox_bytes = 0
         conn.closing = True
+        conn.end_reason = reason
         self.metrics.disconnects[reason].inc()
 
     # -- subscriptions ----------------------------------------------------------------------
@@ -581,6 +582,7 @@ class Channel:
             data = outbox[0] if count == 1 else b"".join(outbox)
             outbox.clear()
             conn.outbox_bytes = 0
+            frames = count  # every frame of the write, for the access log (frames_out)
             mixed = conn.others
             if mixed is not None:  # replies among the updates (rare): split them off
                 conn.others = None
@@ -608,6 +610,7 @@ class Channel:
                     if conn.lagging_since is not None:
                         conn.written += written
                     conn.backlog = 0
+                    conn.frames_out += frames
                     sent += count
                     continue
             try:
@@ -624,6 +627,7 @@ class Channel:
                 conn.written += len(data)  # counted only while it lags: what outbox.py measures
             elif backlog > limit:
                 lagging.append(conn)  # the kernel refused more than the limit: it lags now
+            conn.frames_out += frames  # one add per write, however many frames it carries
             sent += count
         if lagging:
             self._start_lagging(lagging)
@@ -679,6 +683,7 @@ class Channel:
             self.metrics.failed["connection_lost"].inc(updates)
             self.metrics.error("send_failed")
             return
+        conn.frames_out += len(outbox)
         self.metrics.updates_sent.inc(updates)
         if mixed:
             self._count_others(mixed)

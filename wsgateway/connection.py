@@ -45,7 +45,9 @@ class Connection:
         "bucket",
         "closer",
         "closing",
+        "end_reason",
         "fd",
+        "frames_out",
         "lagging_since",
         "others",
         "outbox",
@@ -95,6 +97,11 @@ class Connection:
         #: when its pending bytes passed max_outbox_bytes (None: not lagging); see outbox.py
         self.lagging_since: float | None = None
         self.closing = False
+        #: why it ended (a wsgateway_disconnects_total reason), once its channel removed it
+        self.end_reason: str | None = None
+        #: frames handed to its socket: counted per write of a whole outbox, not per frame
+        #: queued, so the fan-out pays nothing for it (the session's access-log line)
+        self.frames_out = 0
         self.bucket = TokenBucket(messages_per_second, messages_per_second, now)
         # Only a client that broke the rate limit needs a strike window (~900 bytes).
         self._strikes: StrikeCounter | None = None

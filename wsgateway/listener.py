@@ -26,7 +26,9 @@ arguments of its ``RequestHandler`` and subclassing ``web.Application`` is depre
 ``TestServer``, ``web.run_app``) calls to build the ``web.Server`` whose
 ``connection_made``/``connection_lost`` every connection reports to, and wraps those two
 on that one server object. The attack tests in ``tests/test_listener_e2e.py`` fail loudly
-if an aiohttp release changes this.
+if an aiohttp release changes this. The same server builds its requests as
+:class:`UnnamedRequest` (answers without a ``Server`` header), which
+``tests/test_access_e2e.py`` checks.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 
 from .admission import address_key
@@ -48,6 +51,7 @@ from .settings import Settings
 from .web import (
     GATEWAY,
     AccessLogger,
+    add_fallback,
     handler_args,
     healthz,
     json_metrics,
@@ -121,6 +125,21 @@ class PendingConnections:
         return {"connections": len(self._pending), "addresses": len(self._addresses)}
 
 
+class UnnamedRequest(web.Request):
+    """A request whose answer does not name the server.
+
+    aiohttp names itself and its version on every answer (``Server: Python/3.11
+    aiohttp/3.x``): a scanner's shortcut to the known flaws of that version, of no use to a
+    client. The header is added before this hook runs and written after it. A hook of the
+    request rather than the ``on_response_prepare`` signal: the 400 aiohttp writes for a
+    malformed request has no route, and so no app whose signal would run.
+    """
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        response.headers.popall(hdrs.SERVER, None)
+        await super()._prepare_hook(response)
+
+
 class Listener:
     """The limits above, for every app of one gateway, and its metrics listener."""
 
@@ -149,6 +168,7 @@ class Listener:
             # connection only while it waits for a request head: exactly a header timeout.
             kwargs["keepalive_timeout"] = header_timeout
             server = make_handler(**kwargs)
+            server.request_factory = partial(app._make_request, _cls=UnnamedRequest)
             self._watch(server)
             return server
 
@@ -225,6 +245,7 @@ class Listener:
         app.router.add_get("/api/ws/metrics", json_metrics)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        add_fallback(app)
         self.install(app)
         return app
 

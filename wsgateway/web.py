@@ -14,7 +14,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_websocket import WebSocketError
 from aiohttp.log import server_logger
 
-from . import logtext, protocol
+from . import accesslog, logtext, protocol
 from .auth import Identity, bearer_token, check_origin, check_publisher, verify_user_token
 from .channel import Channel
 from .clientaddress import FORWARDING_HEADERS, client_address, is_trusted, parse_networks
@@ -73,10 +73,16 @@ def json_response(
 
 class AccessLogger(AbstractAccessLogger):
     """Access log without query strings: ``?token=`` must never reach a log. The client's
-    text (its address may come from a header) is escaped: it cannot forge a line."""
+    text (its address may come from a header) is escaped: it cannot forge a line. Which
+    requests get a line, at which level: accesslog.py (a WebSocket session gets its line
+    from :func:`websocket` when it ends)."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        self.logger.info(
+        level = accesslog.request_level(request.method, request.path, response.status)
+        if level is None or not self.logger.isEnabledFor(level):
+            return
+        self.logger.log(
+            level,
             '%s "%s %s" %s %.1fms',
             logtext.escape(client_of(request)),
             logtext.escape(request.method),
@@ -113,6 +119,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # slow-consumer cut). aiohttp's flow control would only make this handler wait, inside
     # an internal close or a pong, on a client that never reads: turn it off.
     transport.set_write_buffer_limits(high=NO_FLOW_CONTROL)
+    started = time.monotonic()
     # A client whose window stays shut this long has missed a heartbeat pong and its close
     # timeout already: the kernel may drop it, even after the process let go of the socket.
     bound_unacked_time(transport, channel.limits.heartbeat * 1.5 + gateway.settings.close_timeout)
@@ -131,13 +138,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             "token_expired",
         )
     reason = "internal_error"
+    access = request.protocol.access_logger  # None: this listener logs no access
     max_topics = channel.limits.max_topics
     received = channel.metrics.received
+    frames_in = 0
     try:
         while True:
             msg = await ws.receive()
             kind = msg.type
             if kind is WSMsgType.TEXT:
+                frames_in += 1
                 received.inc()
                 now = time.monotonic()
                 if not conn.bucket.try_take(now):
@@ -153,13 +163,15 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 except ClientError as exc:
                     _reply_error(channel, conn, exc)
             elif kind is WSMsgType.PING:
+                frames_in += 1
                 # Answered here (autoping is off), as a reply queued like any other: a client
                 # that floods pings and never reads becomes a slow consumer (1013) instead of
                 # holding this handler in aiohttp's pong write forever.
                 channel.send_frame(conn, protocol.pong_frame(msg.data), "pong")
             elif kind is WSMsgType.PONG:
-                pass  # any frame resets aiohttp's heartbeat; nothing else to do
+                frames_in += 1  # any frame resets aiohttp's heartbeat; nothing else to do
             elif kind is WSMsgType.BINARY:
+                frames_in += 1
                 received.inc()
                 raise UnsupportedData("binary frames are not supported: send JSON text frames")
             elif kind is WSMsgType.ERROR:
@@ -188,6 +200,17 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         # Whoever ended the session (aiohttp after a missed pong, the client, us), the
         # socket is gone within close_timeout from here.
         gateway.sockets.release(transport)
+        if access is not None:
+            accesslog.log_session(
+                access.logger,
+                address,
+                channel.name,
+                time.monotonic() - started,
+                accesslog.close_code(closer.code, ws.close_code),
+                conn.end_reason or reason,  # the channel's, when it closed the session itself
+                frames_in,
+                conn.frames_out,
+            )
     if closer.task is not None:
         await asyncio.shield(closer.task)
     _drop_tracebacks(ws.exception())
@@ -271,7 +294,7 @@ class _Closer:
     every one in ``closing``. A small object rather than a closure: one per connection.
     """
 
-    __slots__ = ("closing", "sockets", "task", "transport", "ws")
+    __slots__ = ("closing", "code", "sockets", "task", "transport", "ws")
 
     def __init__(
         self,
@@ -285,8 +308,11 @@ class _Closer:
         self.closing = closing
         self.sockets = sockets
         self.task: asyncio.Task[None] | None = None
+        #: the close code the gateway closed the session with (None: it did not)
+        self.code: int | None = None
 
     def __call__(self, code: int, message: str) -> None:
+        self.code = code
         # The deadline runs from the start of the close, whatever the close then waits for.
         self.sockets.release(self.transport)
         task = asyncio.get_running_loop().create_task(
@@ -517,6 +543,49 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
+#: The catch-all route's name: it answers what no other route of its listener takes.
+FALLBACK = "fallback"
+
+
+async def fallback(request: web.Request) -> web.Response:
+    """Any request no other route takes: 404 ``not_found``, or 405 ``method_not_allowed``
+    with ``allowed`` and an ``Allow`` header when the path is served for other methods. In
+    JSON like every other refusal (aiohttp's own answers are plain text). A catch-all route
+    rather than a middleware: the requests a route takes pay nothing for it."""
+    allowed: set[str] = set()
+    endpoints = []
+    for resource in request.app.router.resources():
+        if resource.name == FALLBACK:
+            continue
+        endpoints.append(resource.canonical)
+        _, methods = await resource.resolve(request)
+        allowed |= methods
+    if allowed:
+        names = sorted(allowed)
+        return json_response(
+            {
+                "error": "method_not_allowed",
+                "message": f"{request.method[:16]} is not allowed on this path; allowed: "
+                + ", ".join(names),
+                "allowed": names,
+            },
+            405,
+            {"Allow": ",".join(names)},
+        )
+    return json_response(
+        {
+            "error": "not_found",
+            "message": f"no endpoint {request.path[:64]!r}; endpoints: " + ", ".join(endpoints),
+        },
+        404,
+    )
+
+
+def add_fallback(app: web.Application) -> None:
+    """Route what no other route of ``app`` takes to :func:`fallback`; add it last."""
+    app.router.add_route("*", "/{path:.*}", fallback, name=FALLBACK)
+
+
 def client_of(request: web.BaseRequest) -> str:
     """The client address of ``request``: its TCP peer, or the client a trusted proxy
     names (admission limits, logs and the publish rule all use this one)."""
@@ -563,3 +632,4 @@ def add_routes(app: web.Application, *, metrics: bool = True) -> None:
         app.router.add_get("/api/ws/metrics", json_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_fallback(app)
