@@ -1988,6 +1988,7 @@ async def test_frames_other_than_updates_are_counted_by_kind_not_as_updates() ->
     assert h.value(SENT) == 2  # the broadcast and the replayed update
     assert [h.value(FRAMES, kind=k) for k in ("reply", "error", "pong", "reset")] == [0, 1, 1, 1]
     assert client.conn.others is None
+    assert client.conn.frames_out == 5  # the access log counts every frame written
 
     h.channel.broadcast(make_update("BTC-USD", 1))  # an outbox of updates only, again
     await next_turn()
