@@ -528,6 +528,21 @@ async def test_a_gateway_that_went_away(browser: WebDriver, tmp_path: Path) -> N
     assert all("api/ws/metrics" in line for line in logged), logged  # only the failed polls
 
 
+async def test_a_node_of_two_workers(redis_server: Any, browser: WebDriver) -> None:
+    with GatewayNode("--workers", "2", "--broker", redis_server.url) as node:
+        await open_page(browser, node.http + "/" + FAST)
+        shown = await page_shows(
+            browser,
+            lambda s: live(s) and len(s["nodes"]) == 2 and s["workers"] != "one process",
+            "both workers of the node",
+        )
+    assert shown["workers"] == "2, all answering"
+    assert shown["broker_state"] == "connected"
+    assert sorted(n["worker"] for n in shown["nodes"]) == ["0", "1"]
+    assert {n["address"] for n in shown["nodes"]} == {node.address}
+    assert all(float(n["uptime"]) >= 0 and n["last_seen"] for n in shown["nodes"])
+
+
 async def test_page_flags_a_disconnected_broker(
     gw: RunningGateway, browser: WebDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
