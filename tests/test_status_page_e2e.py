@@ -149,6 +149,8 @@ async def in_thread(function: Callable[..., T], *args: Any) -> T:
 
 
 async def open_page(browser: WebDriver, url: str) -> None:
+    # Leave the previous page first: it may still poll a gateway its test has stopped.
+    await in_thread(browser.get, "about:blank")
     await in_thread(browser.get_log, "browser")  # forget what earlier tests logged
     await in_thread(browser.get, url)
 
@@ -292,9 +294,9 @@ async def test_page_lists_every_channel_and_follows_publishes(
     async with websockets.connect(gw.ws_url("ticker")) as ws:
         await request(ws, {"type": "subscribe", "topics": ["BTC-USD", "ETH-USD"], "id": 1})
         shown = await page_shows(
-            browser, lambda s: s["rows"]["ticker"]["active_connections"] == "1", "the subscriber"
+            browser, lambda s: s["rows"]["ticker"]["subscriptions"] == "2", "the subscriptions"
         )
-        assert shown["rows"]["ticker"]["subscriptions"] == "2"
+        assert shown["rows"]["ticker"]["active_connections"] == "1"
         assert shown["rows"]["ticker"]["topics"] == "2"
         for price in range(5):
             await gw.publish("ticker", "BTC-USD", {"price": price})
@@ -402,8 +404,10 @@ async def test_a_healthy_gateway_with_traffic(
                     and s["cards"]["latency-p99"]["value"] != ""
                     and min(s["sparks"].values()) >= 3
                     and float(s["window_seconds"] or 0) >= 2
+                    # the node's record is rewritten every 2 s
+                    and [n["connections"] for n in s["nodes"]] == ["4"]
                 ),
-                "rates, latency and sparklines",
+                "rates, latency, sparklines and the node",
             )
             await screenshot(browser, tmp_path, "status-healthy")
     assert received[0] > 0
