@@ -332,6 +332,16 @@ async def test_page_lists_every_channel_and_follows_publishes(
     assert float(shown["total_published_rate"]) > 0
     assert shown["rows"]["market"]["published_per_second"] == "0"
 
+    # A refused upgrade (plain HTTP on the WebSocket path): counted, with its reason.
+    async with aiohttp.ClientSession() as session, session.get(gw.http + "/ws/ticker") as response:
+        assert response.status == 400
+    shown = await page_shows(
+        browser, lambda s: s["rows"]["ticker"]["rejected"] == "1", "the rejection"
+    )
+    assert shown["cards"]["total-rejected"]["value"] == "1"
+    assert shown["cards"]["total-rejected-reasons"]["text"] == "bad_handshake 1"
+    assert re.search(r"\bticker\b.*\b1\s*bad_handshake 1\b", shown["text"]), shown["text"]
+
     # The toggle shows the figures since start in the table.
     await in_thread(browser.execute_script, "document.getElementById('span-toggle').click()")
     shown = await page_shows(browser, lambda s: s["window"] == "since start", "the lifetime")
