@@ -99,7 +99,13 @@ class GatewayNode:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
-        if self.process.stdout is not None:
+        # The pipe ends once every process holding it is gone: with --workers, the workers
+        # die just after the supervisor (PR_SET_PDEATHSIG). Closing it under the reader
+        # thread would make that thread fail instead.
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.join(timeout=10)
+        if self.process.stdout is not None and (reader is None or not reader.is_alive()):
             self.process.stdout.close()
 
     def __enter__(self) -> GatewayNode:

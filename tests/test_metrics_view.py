@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from collections.abc import Iterable
 from typing import Any
@@ -15,11 +16,13 @@ from wsgateway.metrics import (
     ERROR_TYPES,
     FAIL_REASONS,
     FRAME_KINDS,
+    LATENCY_BUCKETS,
     LIMIT_METRICS,
     REJECT_REASONS,
     ChannelState,
     GatewayMetrics,
     StateCollector,
+    histogram_quantile,
     to_json,
 )
 from wsgateway.settings import LIMIT_NAMES, Limits
@@ -182,6 +185,29 @@ def test_channel_figures() -> None:
     assert ticker["success_rate"] == round(1247 / 1250, 6)
     assert ticker["success_rate"] == 0.9976
     assert ticker["uptime"] == 3600.5
+
+
+def test_latency_buckets_are_the_cumulative_histogram() -> None:
+    registry, metrics, _clock, _states = build()
+    metrics.for_channel("trades")  # as the gateway does: every bucket exists from the start
+    for seconds in (0.0002, 0.0002, 0.003, 9.0):
+        metrics.delivery_latency.labels("ticker").observe(seconds)
+    view = to_json(registry, CHANNELS, START + 1.0)
+    buckets = view["managers"]["ticker"]["latency_buckets"]
+    assert [bound for bound, _count in buckets] == [*LATENCY_BUCKETS, "+Inf"]
+    counts = dict((str(bound), count) for bound, count in buckets)
+    assert counts["0.0001"] == 0 and counts["0.00025"] == 2 and counts["0.0025"] == 2
+    assert counts["0.005"] == 3 and counts["5.0"] == 3 and counts["+Inf"] == 4
+    # The same quantiles as the view's own, from what a reader gets (the page does this).
+    finite = [(float("inf") if b == "+Inf" else float(b), float(c)) for b, c in buckets]
+    assert view["managers"]["ticker"]["latency_seconds"]["p50"] == pytest.approx(
+        histogram_quantile(0.5, finite)
+    )
+    idle = view["managers"]["trades"]["latency_buckets"]
+    assert len(idle) == len(LATENCY_BUCKETS) + 1 and all(count == 0 for _b, count in idle)
+    assert view["managers"]["market"]["latency_buckets"] == []  # no series at all
+    # JSON has no infinity: the document must survive a strict encoder.
+    assert json.loads(json.dumps(view, allow_nan=False)) == view
 
 
 def test_last_error_picks_the_latest_type() -> None:

@@ -544,6 +544,17 @@ def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> floa
     return lower_bound
 
 
+def buckets_json(counts: Mapping[float, float]) -> list[list[float | str]]:
+    """Cumulative ``(upper bound, count)`` buckets as JSON: ``[[0.0001, 3], ..., ["+Inf", 9]]``.
+
+    Lifetime counts, for a reader that wants quantiles over its own window (the status page
+    subtracts two polls); ``+Inf`` is a string because JSON has no infinity."""
+    return [
+        ["+Inf" if bound == float("inf") else bound, int(count)]
+        for bound, count in sorted(counts.items())
+    ]
+
+
 def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[str, Any]:
     """The ``/api/ws/metrics`` document, read only from ``registry``.
 
@@ -642,6 +653,7 @@ def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[st
             f"p{round(q * 100)}": _round(histogram_quantile(q, list(counts.items())))
             for q in LATENCY_QUANTILES
         }
+        per[name]["latency_buckets"] = buckets_json(counts)
     sent = sum(c["messages_sent"] for c in per.values())
     failed = sum(c["messages_failed"] for c in per.values())
     view: dict[str, Any] = {
