@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUND = 1000
 # serve, with tune_gc() made a no-op: the interpreter's default collector settings.
 DEFAULT_GC = (
-    "import sys, wsgateway.cli as cli; cli.tune_gc = lambda: None; sys.exit(cli.main(sys.argv[1:]))"
+    "import sys, wsgateway.cli as cli, wsgateway.server as server; server.tune_gc = lambda: None; "
+    "sys.exit(cli.main(sys.argv[1:]))"
 )
 
 

@@ -19,7 +19,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from wsgateway import cli
+from wsgateway import server as serving
+from wsgateway.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
@@ -264,9 +265,9 @@ def test_serve_tunes_the_collector_for_many_long_lived_connections() -> None:
     frozen = gc.get_freeze_count()  # conftest's loop_errors freezes what predates the test
     started = [[] for _ in range(1000)]  # stands for what start-up made
     try:
-        cli.tune_gc()
-        assert gc.get_threshold() == cli.GC_THRESHOLDS
-        assert cli.GC_THRESHOLDS[2] > before[2]  # rarer full collections than the default
+        serving.tune_gc()
+        assert gc.get_threshold() == serving.GC_THRESHOLDS
+        assert serving.GC_THRESHOLDS[2] > before[2]  # rarer full collections than the default
         # Start-up objects are out of every collection.
         assert gc.get_freeze_count() >= frozen + len(started)
     finally:
@@ -290,7 +291,7 @@ def test_serve_tunes_the_collector_for_many_long_lived_connections() -> None:
 def test_serve_warns_when_the_loopback_rule_guards_a_public_bind(
     host: str, token: str | None, warned: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = cli.Settings(host=host, publish_token=token)
+    settings = Settings(host=host, publish_token=token)
     with caplog.at_level("WARNING", logger="wsgateway"):
-        assert cli.warn_about_exposed_loopback_rule(settings) is warned
+        assert serving.warn_about_exposed_loopback_rule(settings) is warned
     assert ("no publish_token is set and the gateway listens on" in caplog.text) is warned

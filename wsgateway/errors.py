@@ -61,6 +61,12 @@ class SettingsError(GatewayError):
 # -- the command line: what a client command reports (cli.py turns them into exit codes) ------
 
 
+#: Exit statuses of the ``wsgateway`` command and its processes: success; a failure at run
+#: time (CommandFailed, a server that could not listen); bad usage or a bad setting
+#: (UsageError, SettingsError).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
 class CommandError(GatewayError):
     """A ``wsgateway`` command could not do its job; the message says why, in one line."""
 

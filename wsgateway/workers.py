@@ -42,12 +42,12 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from .errors import EXIT_FAILURE, EXIT_OK
 from .settings import Settings
 from .siblings import WorkerRole
 
 log = logging.getLogger("wsgateway.workers")
 
-EXIT_OK, EXIT_FAILURE = 0, 1
 #: restart delays: the first, and the longest
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 30.0
 #: a worker that ran this long before it died starts the delays afresh
