@@ -78,6 +78,18 @@ def test_config_init_check_token_and_the_user_channel(tmp_path: Path) -> None:
         == "wsgateway: bad setting max_topics='0': expected an integer from 1 to 2147483647\n"
     )
 
+    # serve's options preview what serve would run with: flags over --set over the file.
+    preview = wsgateway(
+        "config", "check", "--config", str(path), "--set", "max_topics=7",
+        "--set", "channel.ticker.max_topics=3", "--port", "9001", "--set", "port=9002",
+    )  # fmt: skip
+    assert preview.returncode == 0, preview.stderr
+    previewed = tomllib.loads(preview.stdout)
+    assert previewed["port"] == 9001 and previewed["defaults"]["max_topics"] == 7
+    assert previewed["channel"]["ticker"]["max_topics"] == 3
+    unknown = wsgateway("config", "check", "--set", "max_topic=7")
+    assert unknown.returncode == 2 and "max_topic" in unknown.stderr
+
     no_secret = wsgateway("token", "--sub", "alice")
     assert no_secret.returncode == 2 and "no jwt_secret is configured" in no_secret.stderr
     minted = wsgateway("token", "--sub", "alice", "--ttl", "2m", "--config", str(path))

@@ -77,20 +77,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         description="Run the gateway. Settings: defaults < WSGATEWAY_* environment < "
         "--config file < --set < the named flags.",
     )
-    serve.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
-    for flag, _setting, text in SERVE_FLAGS:
-        serve.add_argument(flag, help=text)
-    serve.add_argument(
-        "--demo", action="store_true", default=None, help="publish a synthetic market feed"
-    )
-    serve.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any setting: port=9000, max_topics=50 (every channel), "
-        "channel.ticker.max_connections=100; VALUE as in TOML; repeatable",
-    )
+    _add_setting_options(serve)
 
     token = commands.add_parser(
         "token",
@@ -122,10 +109,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     check = config_commands.add_parser(
         "check",
         help="validate the settings and print the effective ones",
-        description="Load the settings as serve does (environment and file) and print them, "
-        "secrets masked; exit 2 with the reason when a setting is bad.",
+        description="Load the settings as serve would with the same options (environment, "
+        "file, --set, flags) and print them, secrets masked; exit 2 with the reason when a "
+        "setting is bad. E.g. wsgateway config check --config prod.toml --set max_topics=50",
     )
-    check.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
+    _add_setting_options(check)
 
     publish = commands.add_parser("publish", help="publish one message over the HTTP API")
     publish.add_argument("channel")
@@ -175,6 +163,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "metrics": metrics,
     }
     return parser, by_name
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """The options that make up the settings (serve's, and config check's to preview them)."""
+    parser.add_argument("--config", help="TOML settings file (or WSGATEWAY_CONFIG)")
+    for flag, _setting, text in SERVE_FLAGS:
+        parser.add_argument(flag, help=text)
+    parser.add_argument(
+        "--demo", action="store_true", default=None, help="publish a synthetic market feed"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any setting: port=9000, max_topics=50 (every channel), "
+        "channel.ticker.max_connections=100; VALUE as in TOML; repeatable",
+    )
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -235,13 +241,18 @@ def _settings(config: str | None, **layers: Any) -> Settings:
 # -- serve ----------------------------------------------------------------------------------
 
 
-def serve(args: argparse.Namespace) -> int:
+def _settings_of(args: argparse.Namespace) -> Settings:
+    """The settings that serve's options (:func:`_add_setting_options`) make."""
     flags = {setting: getattr(args, flag[2:].replace("-", "_")) for flag, setting, _ in SERVE_FLAGS}
-    settings = _settings(
+    return _settings(
         args.config,
         assignments=parse_assignments(args.set),
         flags={**flags, "demo": args.demo},
     )
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = _settings_of(args)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -277,7 +288,7 @@ def config_init(args: argparse.Namespace) -> int:
 
 
 def config_check(args: argparse.Namespace) -> int:
-    sys.stdout.write(configfile.effective(_settings(args.config)))
+    sys.stdout.write(configfile.effective(_settings_of(args)))
     return EXIT_OK
 
 
