@@ -20,6 +20,7 @@ from .urls import GatewayUrl
 CLOSE_MEANINGS = {
     1000: "closed",
     1001: "the gateway shuts down",
+    1002: "a WebSocket protocol error",
     1003: "a binary frame",
     1006: "the connection was lost",
     1007: "invalid UTF-8",
