@@ -1,0 +1,103 @@
+"""The SDK's pure halves: continuity per topic (client/streams.py) and the retry policy
+(client/policy.py), without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from wsgateway.client import (
+    ClosedByGateway,
+    ConnectRefused,
+    Gap,
+    Reset,
+    SubscribeRefused,
+    TokenExpired,
+    Update,
+)
+from wsgateway.client.policy import Backoff, after_close, after_error, after_refusal
+from wsgateway.client.streams import Hole, Streams
+
+
+def update(seq: int, topic: str = "A", **extra: object) -> dict[str, object]:
+    return {"type": "update", "topic": topic, "seq": seq, "ts": 1.0, "data": {"n": seq}, **extra}
+
+
+def test_a_fresh_topic_learns_its_epoch_from_seq_1_and_drops_duplicates() -> None:
+    streams = Streams(("A",))
+    assert streams.on_subscribed({"A": {"seq": 0, "epoch": ""}}) == []
+    first = streams.on_update(update(1, epoch="E1"))
+    assert first == Update("A", 1, "E1", 1.0, {"n": 1})
+    assert streams.on_update(update(1)) is None
+    assert isinstance(streams.on_update(update(2)), Update)
+    assert streams.position("A") == ("E1", 2)
+    assert streams.last("A") == {"n": 2}
+    assert streams.since(("A",)) == {"A": {"seq": 2, "epoch": "E1"}}
+
+
+def test_a_hole_asks_for_one_repair_and_the_replay_is_marked() -> None:
+    streams = Streams(("A",))
+    streams.on_subscribed({"A": {"seq": 5, "epoch": "E"}})
+    assert streams.on_update(update(7)) == Hole("A")
+    assert streams.on_update(update(8)) is None  # the repair is on its way
+    assert streams.position("A") == ("E", 5)
+    streams.on_subscribed({"A": {"seq": 8, "epoch": "E", "recovered": True}})
+    replayed = [streams.on_update(update(n)) for n in (6, 7, 8, 9)]
+    assert [u.replayed for u in replayed if isinstance(u, Update)] == [True, True, True, False]
+
+
+def test_not_recovered_is_a_gap_and_the_stream_goes_on_from_the_new_position() -> None:
+    streams = Streams(("A",))
+    streams.on_subscribed({"A": {"seq": 5, "epoch": "E"}})
+    gaps = streams.on_subscribed({"A": {"seq": 50, "epoch": "E", "recovered": False}})
+    assert gaps == [Gap("A", 6, 50, "E", ("E", 5))]
+    assert isinstance(streams.on_update(update(51)), Update)
+    other = streams.on_subscribed({"A": {"seq": 3, "epoch": "F", "recovered": False}})
+    assert other == [Gap("A", 1, 3, "F", ("E", 51))]
+
+
+def test_a_reset_is_reported_with_the_gap_it_caused() -> None:
+    streams = Streams(("A",))
+    streams.on_subscribed({"A": {"seq": 5, "epoch": "E"}})
+    frame = {"type": "reset", "topic": "A", "epoch": "F", "seq": 0}
+    assert streams.on_reset(frame) == [Reset("A", "F", 0), Gap("A", 1, 0, "F", ("E", 5))]
+    same = {"type": "reset", "topic": "A", "epoch": "F", "seq": 0}
+    assert streams.on_reset(same) == [Reset("A", "F", 0)]  # nothing more lost
+    assert isinstance(streams.on_update(update(1, epoch="F")), Update)
+
+
+def test_an_unannounced_new_epoch_is_a_gap_then_its_update() -> None:
+    streams = Streams(("A",))
+    streams.on_subscribed({"A": {"seq": 5, "epoch": "E"}})
+    gap = streams.on_update(update(1, epoch="F"))
+    assert gap == Gap("A", 1, 0, "F", ("E", 5))
+    assert streams.accept(update(1, epoch="F")).epoch == "F"
+
+
+def test_backoff_doubles_to_its_maximum_with_jitter_and_resets() -> None:
+    backoff = Backoff(0.5, 4.0, random=lambda: 0.5)
+    assert [backoff.next() for _ in range(6)] == [0.75, 1.5, 3.0, 6.0, 6.0, 6.0]
+    backoff.reset()
+    assert backoff.next() == 0.75
+    assert Backoff(0.5, 4.0, random=lambda: 0.0).soon() == 0.0
+    with pytest.raises(ValueError):
+        Backoff(0, 1, random=lambda: 0.0)
+
+
+def test_closes_and_refusals_are_retried_only_when_waiting_can_help() -> None:
+    backoff = Backoff(1.0, 8.0, random=lambda: 0.0)
+    assert after_close(1012, "draining", backoff) == 0.0  # at once (jittered)
+    assert after_close(1001, "", backoff) == 0.0
+    assert after_close(1013, "slow", backoff) == 1.0
+    assert after_close(None, "", backoff) == 2.0
+    with pytest.raises(TokenExpired):
+        after_close(1008, "token expired", backoff)
+    with pytest.raises(ClosedByGateway):
+        after_close(1008, "rate limit exceeded again and again", backoff)
+    assert after_refusal("u", 503, "capacity", "", 7.0, backoff) == 7.0
+    assert after_refusal("u", 429, "rate_limited", "", None, backoff) == 4.0
+    for status in (400, 401, 403, 404):
+        with pytest.raises(ConnectRefused):
+            after_refusal("u", status, "x", "", None, backoff)
+    assert after_error("rate_limited", "", 0.25, ("A",), backoff) == 0.25
+    with pytest.raises(SubscribeRefused):
+        after_error("invalid_topic", "bad", None, ("A",), backoff)

@@ -1,0 +1,48 @@
+"""``wsgateway.client``: the Python SDK. An asyncio client (on aiohttp) that connects with
+backoff and jitter, subscribes, resumes with ``since`` after every disconnect, repairs
+holes, and yields each update of its topics once, in order::
+
+    from wsgateway.client import Client, Gap, Reset, Update
+
+    async with Client("http://127.0.0.1:8080", "trades", ["BTC-USD"]) as client:
+        async for event in client:
+            if isinstance(event, Update):
+                print(event.topic, event.seq, event.data)
+            elif isinstance(event, Gap):
+                ...  # updates lost for good: rebuild what depends on them
+
+    events.py   the events (Update, Reset, Gap) and the exceptions that stop a client
+    streams.py  per-topic continuity: next, duplicate, hole, loss (pure)
+    policy.py   backoff, and which refusals and closes are retried (pure)
+    client.py   Client: the connection, its reconnects and resubscribes
+"""
+
+from __future__ import annotations
+
+from .client import Client
+from .events import (
+    ClientStopped,
+    ClosedByGateway,
+    ConnectRefused,
+    Event,
+    Gap,
+    Position,
+    Reset,
+    SubscribeRefused,
+    TokenExpired,
+    Update,
+)
+
+__all__ = [
+    "Client",
+    "ClientStopped",
+    "ClosedByGateway",
+    "ConnectRefused",
+    "Event",
+    "Gap",
+    "Position",
+    "Reset",
+    "SubscribeRefused",
+    "TokenExpired",
+    "Update",
+]
