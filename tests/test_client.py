@@ -80,6 +80,14 @@ async def update(ws: web.WebSocketResponse, seq: int, **extra: Any) -> None:
     await send(ws, type="update", channel="ticker", topic="A", seq=seq, ts=1.0, data=seq, **extra)
 
 
+async def subscribed(
+    ws: web.WebSocketResponse, request: dict[str, Any], seq: int, epoch: str, **extra: Any
+) -> None:
+    """Answer ``request`` (a subscribe to topic A) with A's position."""
+    positions = {"A": {"seq": seq, "epoch": epoch, **extra}}
+    await send(ws, type="subscribed", topics=["A"], positions=positions, id=request["id"])
+
+
 async def hold(ws: web.WebSocketResponse) -> None:
     """Keep the connection until the client closes it."""
     async for _ in ws:
@@ -117,21 +125,14 @@ async def test_a_hole_in_one_connection_is_repaired_by_a_resubscribe_with_since(
 
     async def script(ws: web.WebSocketResponse) -> None:
         seen.append(await receive(ws))
-        await send(
-            ws,
-            type="subscribed",
-            topics=["A"],
-            positions={"A": {"seq": 0, "epoch": ""}},
-            id=seen[0]["id"],
-        )
+        await subscribed(ws, seen[0], 0, "")
         await update(ws, 1, epoch="E")
         await update(ws, 2)
         await update(ws, 4)  # 3 lost on the way
         seen.append(await receive(ws))
         await send(ws, type="unsubscribed", topics=["A"], id=seen[1]["id"])
         seen.append(await receive(ws))
-        positions = {"A": {"seq": 4, "epoch": "E", "recovered": True}}
-        await send(ws, type="subscribed", topics=["A"], positions=positions, id=seen[2]["id"])
+        await subscribed(ws, seen[2], 4, "E", recovered=True)
         for seq in (3, 4, 5):
             await update(ws, seq)
         await hold(ws)
@@ -163,20 +164,13 @@ async def test_a_drain_close_reconnects_and_resumes_and_not_recovered_is_a_gap(
 
     async def first(ws: web.WebSocketResponse) -> None:
         subscribes.append(request := await receive(ws))
-        await send(
-            ws,
-            type="subscribed",
-            topics=["A"],
-            positions={"A": {"seq": 10, "epoch": "E"}},
-            id=request["id"],
-        )
+        await subscribed(ws, request, 10, "E")
         await update(ws, 11)
         await ws.close(code=1012, message=b"draining")
 
     async def second(ws: web.WebSocketResponse) -> None:
         subscribes.append(request := await receive(ws))
-        positions = {"A": {"seq": 20, "epoch": "E", "recovered": False}}
-        await send(ws, type="subscribed", topics=["A"], positions=positions, id=request["id"])
+        await subscribed(ws, request, 20, "E", recovered=False)
         await update(ws, 21)
         await hold(ws)
 
@@ -206,13 +200,7 @@ async def test_a_full_channel_is_retried_after_retry_after(
 ) -> None:
     async def served(ws: web.WebSocketResponse) -> None:
         request = await receive(ws)
-        await send(
-            ws,
-            type="subscribed",
-            topics=["A"],
-            positions={"A": {"seq": 0, "epoch": ""}},
-            id=request["id"],
-        )
+        await subscribed(ws, request, 0, "")
         await update(ws, 1, epoch="E")
         await hold(ws)
 
@@ -240,13 +228,7 @@ async def test_a_rate_limited_subscribe_is_sent_again_and_a_bad_topic_raises(
             id=request["id"],
         )
         request = await receive(ws)
-        await send(
-            ws,
-            type="subscribed",
-            topics=["A"],
-            positions={"A": {"seq": 3, "epoch": "E"}},
-            id=request["id"],
-        )
+        await subscribed(ws, request, 3, "E")
         await update(ws, 4)
         await hold(ws)
 
@@ -285,13 +267,7 @@ async def test_close_ends_the_iteration_while_it_waits(
     async def quiet(ws: web.WebSocketResponse) -> None:
         request = await receive(ws)
         subscribed.set()
-        await send(
-            ws,
-            type="subscribed",
-            topics=["A"],
-            positions={"A": {"seq": 0, "epoch": ""}},
-            id=request["id"],
-        )
+        await subscribed(ws, request, 0, "")
         await hold(ws)
 
     url = await scripted(quiet)
