@@ -215,8 +215,6 @@ async def test_the_api_index_lists_only_the_routes_of_its_port(
         "/api/drain",
         "/healthz",
         "/readyz",
-        "/client.js",
-        "/demo",
     ]
 
 

@@ -598,15 +598,7 @@ async def index(request: web.Request) -> web.Response:
         {
             "service": "wsgateway",
             "channels": {name: f"/ws/{name}" for name in gateway.channels},
-            "endpoints": [
-                "/api/publish",
-                "/api/drain",
-                *metrics,
-                "/healthz",
-                "/readyz",
-                "/client.js",
-                "/demo",
-            ],
+            "endpoints": ["/api/publish", "/api/drain", *metrics, "/healthz", "/readyz"],
         }
     )
 
@@ -692,8 +684,6 @@ def add_routes(app: web.Application, *, metrics: bool = True) -> None:
     if metrics:
         app.router.add_get("/", status_page)
     app.router.add_get("/api", index)
-    app.router.add_get("/client.js", client_js)
-    app.router.add_get("/demo", demo_page)
     app.router.add_get("/ws/{channel}", websocket)
     app.router.add_post("/api/publish", publish)
     app.router.add_post("/api/drain", drain)
@@ -702,4 +692,6 @@ def add_routes(app: web.Application, *, metrics: bool = True) -> None:
         app.router.add_get("/api/ws/metrics", json_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/client.js", client_js)
+    app.router.add_get("/demo", demo_page)
     add_fallback(app)
