@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 import time
 from importlib import resources
 from typing import Any
@@ -529,6 +532,63 @@ async def status_page(request: web.Request) -> web.Response:
     )
 
 
+#: The browser client (``static/client.js``), an ES module; see its header comment.
+CLIENT_JS = (resources.files("wsgateway") / "static" / "client.js").read_bytes()
+#: The demo page (``static/demo.html``): the demo feed drawn live through /client.js.
+DEMO_PAGE = (resources.files("wsgateway") / "static" / "demo.html").read_bytes()
+
+
+def script_hashes(page: bytes) -> str:
+    """CSP sources for the inline scripts of ``page``: the one script the demo page has
+    runs, and a script injected into it does not (no ``'unsafe-inline'``)."""
+    scripts = re.findall(rb"<script[^>]*>(.*?)</script>", page, re.DOTALL)
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'"
+        for script in scripts
+    )
+
+
+#: The demo page talks only to the gateway that served it: its own script, /client.js
+#: and the WebSocket of the same origin (CSP 'self' covers ws:/wss: of the same host).
+DEMO_CSP = (
+    "default-src 'none'; "
+    f"script-src 'self' {script_hashes(DEMO_PAGE)}; "
+    "connect-src 'self'; style-src 'unsafe-inline'; img-src data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+async def client_js(request: web.Request) -> web.Response:
+    """``GET /client.js``: the browser client. Any origin may import it (a module script is
+    fetched with CORS): it is public code, and connecting is what ``allowed_origins``
+    governs, not reading this file."""
+    return web.Response(
+        body=CLIENT_JS,
+        content_type="text/javascript",
+        charset="utf-8",
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+            "Access-Control-Allow-Origin": "*",
+        },
+    )
+
+
+async def demo_page(request: web.Request) -> web.Response:
+    """``GET /demo``: the demo feed's ticker and trades, live, through /client.js."""
+    return web.Response(
+        body=DEMO_PAGE,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": DEMO_CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
+
+
 async def index(request: web.Request) -> web.Response:
     """``GET /api``: a JSON index of the channels and endpoints."""
     gateway = request.app[GATEWAY]
@@ -632,4 +692,6 @@ def add_routes(app: web.Application, *, metrics: bool = True) -> None:
         app.router.add_get("/api/ws/metrics", json_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/client.js", client_js)
+    app.router.add_get("/demo", demo_page)
     add_fallback(app)
