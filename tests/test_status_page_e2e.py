@@ -603,5 +603,7 @@ async def test_api_is_the_json_index(gw: RunningGateway) -> None:
             "/api/ws/metrics",
             "/healthz",
             "/readyz",
+            "/client.js",
+            "/demo",
         ],
     }

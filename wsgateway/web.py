@@ -598,7 +598,15 @@ async def index(request: web.Request) -> web.Response:
         {
             "service": "wsgateway",
             "channels": {name: f"/ws/{name}" for name in gateway.channels},
-            "endpoints": ["/api/publish", "/api/drain", *metrics, "/healthz", "/readyz"],
+            "endpoints": [
+                "/api/publish",
+                "/api/drain",
+                *metrics,
+                "/healthz",
+                "/readyz",
+                "/client.js",
+                "/demo",
+            ],
         }
     )
 
