@@ -37,6 +37,7 @@ IDLE_FOOTPRINT = {
     "held": 0,
     "lagging": 0,
     "recovering": 0,
+    "heartbeats": 0,
 }
 
 

@@ -34,6 +34,7 @@ from wsgateway.protocol import (
     check_content_encoding,
     encode_data,
     error,
+    heartbeat,
     is_valid_topic,
     load_publish_body,
     parse_publish,
@@ -1042,3 +1043,57 @@ def test_any_bytes_get_a_publish_error_or_messages(raw: bytes) -> None:
 def test_pong_frame_echoes_the_ping_payload_in_a_control_frame() -> None:
     assert pong_frame(b"") == b"\x8a\x00"
     assert pong_frame(b"p" * 125) == b"\x8a\x7d" + b"p" * 125
+
+
+# -- heartbeats (issue 9) ---------------------------------------------------------------------
+
+HEARTBEAT_RULE = (
+    '"heartbeat" must be a whole number of seconds from 1 to 3600, or 0 to stop heartbeats'
+)
+
+
+@pytest.mark.parametrize("seconds", [0, 1, 5, 3600])
+def test_subscribe_takes_a_heartbeat_interval(seconds: int) -> None:
+    request = parse_request(
+        json.dumps({"type": "subscribe", "topics": ["BTC-USD"], "heartbeat": seconds}),
+        MAX_TOPICS,
+    )
+    assert request == Subscribe(("BTC-USD",), None, None, seconds)
+
+
+def test_subscribe_without_heartbeat_leaves_it_unset() -> None:
+    request = parse_request('{"type": "subscribe", "topics": ["BTC-USD"]}', MAX_TOPICS)
+    assert isinstance(request, Subscribe)
+    assert request.heartbeat is None
+
+
+@pytest.mark.parametrize(
+    "value", ["-1", "3601", "1.5", "0.1", "true", "false", '"5"', "[5]", "{}", "1e2"]
+)
+def test_bad_heartbeats_are_bad_messages_with_the_rule(value: str) -> None:
+    text = f'{{"type": "subscribe", "topics": ["BTC-USD"], "heartbeat": {value}, "id": 9}}'
+    with pytest.raises(BadMessage) as info:
+        parse_request(text, MAX_TOPICS)
+    assert info.value.code == "bad_message"
+    assert info.value.message == HEARTBEAT_RULE
+    assert info.value.request_id == 9
+    assert json.loads(error(info.value.code, info.value.message, 9)) == {
+        "type": "error",
+        "code": "bad_message",
+        "message": HEARTBEAT_RULE,
+        "id": 9,
+    }
+
+
+def test_heartbeat_on_an_unsubscribe_is_ignored_like_any_unknown_field() -> None:
+    request = parse_request(
+        '{"type": "unsubscribe", "topics": ["BTC-USD"], "heartbeat": "x"}', MAX_TOPICS
+    )
+    assert request == Unsubscribe(("BTC-USD",))
+
+
+def test_heartbeat_frame() -> None:
+    topics = {"BTC-USD": {"seq": 57, "epoch": "e1"}}
+    assert heartbeat(3, 1732900000.5, topics) == (
+        b'{"type":"heartbeat","n":3,"ts":1732900000.5,"topics":{"BTC-USD":{"seq":57,"epoch":"e1"}}}'
+    )

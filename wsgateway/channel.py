@@ -58,6 +58,17 @@ class Joining:
     added: list[str] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Heartbeat:
+    """A connection's heartbeat (``"heartbeat"`` in a subscribe): every ``seconds``, a frame
+    with the position of each topic it receives."""
+
+    seconds: int
+    handle: asyncio.TimerHandle
+    #: heartbeats sent since the subscribe that set this interval
+    sent: int = 0
+
+
 class Channel:
     """The connection manager of one channel in this process."""
 
@@ -109,6 +120,11 @@ class Channel:
         # Clients joining a topic through a recovery (resume.py), by topic: pending ones
         # buffer live updates, catching-up ones skip what they already have.
         self._recovering: dict[str, dict[Connection, Recovery]] = {}
+        # Connections that asked for heartbeats, each with its own timer handle: a timer
+        # per connection rather than a channel-wide ticker, because it costs nothing for
+        # the connections that did not ask (most of them), none at all when nobody did,
+        # and it fires exactly on each connection's interval without a scan of the others.
+        self._heartbeats: dict[Connection, _Heartbeat] = {}
 
     # -- admission ------------------------------------------------------------------------
 
@@ -178,6 +194,8 @@ class Channel:
         self._connections.discard(conn)
         self._held.discard(conn)
         self._lagging.pop(conn, None)
+        if self._heartbeats:
+            self._stop_heartbeat(conn)
         self.admission.closed(conn.address)
         self._drop_subscriptions(conn, tuple(conn.topics))
         if conn.outbox:
@@ -339,6 +357,63 @@ class Channel:
             subscribers.discard(conn)
             if not subscribers:
                 del self._topics[topic]  # no per-topic state outlives its last subscriber
+
+    # -- heartbeats ---------------------------------------------------------------------------
+
+    def set_heartbeat(self, conn: Connection, seconds: int) -> None:
+        """Send ``conn`` a heartbeat every ``seconds`` from now on (0: none); the latest
+        subscribe that asked wins, and its count starts again at 1."""
+        self._stop_heartbeat(conn)
+        if seconds <= 0 or conn.closing:
+            return
+        handle = asyncio.get_running_loop().call_later(seconds, self._beat, conn)
+        self._heartbeats[conn] = _Heartbeat(seconds, handle)
+
+    def _stop_heartbeat(self, conn: Connection) -> None:
+        heartbeat = self._heartbeats.pop(conn, None)
+        if heartbeat is not None:
+            heartbeat.handle.cancel()
+
+    def _beat(self, conn: Connection) -> None:
+        heartbeat = self._heartbeats.get(conn)
+        if heartbeat is None or conn.closing:
+            return
+        heartbeat.sent += 1
+        payload = protocol.heartbeat(
+            heartbeat.sent, self._wall_clock(), self.heartbeat_positions(conn)
+        )
+        self.send(conn, payload, "heartbeat")
+        if not conn.closing:  # the send may have cut it (slow consumer)
+            heartbeat.handle = asyncio.get_running_loop().call_later(
+                heartbeat.seconds, self._beat, conn
+            )
+
+    def heartbeat_positions(self, conn: Connection) -> dict[str, dict[str, object]]:
+        """The position of each topic ``conn`` receives, for its heartbeat.
+
+        Never ahead of what the connection was sent: ``positions`` advances only in
+        :meth:`broadcast` (and :meth:`reset_topic`), which queues the update (the reset) for
+        every subscriber in ``_topics`` in the same synchronous call; a heartbeat is built
+        and queued later, behind those frames in the same outbox, which is written in order.
+        A position read from the broker rather than relayed (``learn``) is not firm and is
+        not reported: updates up to it may still be on their way. A topic the connection is
+        still joining (a resume or a broker lookup in progress: in ``_recovering``, not yet
+        in ``_topics``) is left out: its replay is not queued yet. A connection holding
+        ``"*"`` gets no topics: it receives every update of the channel, and a named topic
+        it holds beside ``"*"`` may never have been told a position.
+        """
+        if conn.all_topics:
+            return {}
+        positions: dict[str, dict[str, object]] = {}
+        subscribers = self._topics
+        for topic in conn.topics:
+            receivers = subscribers.get(topic)
+            if receivers is None or conn not in receivers:
+                continue  # joining
+            position = self.positions.get(topic)
+            if position is not None:
+                positions[topic] = {"seq": position.seq, "epoch": position.epoch}
+        return positions
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -729,6 +804,7 @@ class Channel:
             "held": len(self._held),
             "lagging": len(self._lagging),
             "recovering": sum(len(r) for r in self._recovering.values()),
+            "heartbeats": len(self._heartbeats),
         }
 
     def admission_window(self) -> int:

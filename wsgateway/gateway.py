@@ -177,6 +177,9 @@ class Gateway:
         channel.send(conn, subscribed(joining.topics, request.id, positions), "reply")
         for frame in frames:
             channel.send_update(conn, frame)
+        if request.heartbeat is not None:
+            # After the reply and its replay: set only by a subscribe that succeeded.
+            channel.set_heartbeat(conn, request.heartbeat)
 
     def _check_broker_reads(
         self, channel: Channel, conn: Connection, joining: Joining, request_id: RequestId

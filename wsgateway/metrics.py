@@ -46,9 +46,10 @@ FAIL_REASONS = ("slow_consumer", "connection_lost", "shutdown")
 #: The frames written to clients besides updates (``wsgateway_frames_sent_total{kind}``):
 #: ``reply`` answers a request (subscribed, unsubscribed, the JSON pong), ``error`` refuses
 #: one, ``pong`` is the WebSocket control frame answering a client's ping, ``reset`` says a
-#: topic's continuity broke. Updates, replayed ones included, are
+#: topic's continuity broke, ``heartbeat`` is the position report a client asked for with
+#: ``"heartbeat"`` in a subscribe. Updates, replayed ones included, are
 #: ``wsgateway_updates_sent_total``.
-FRAME_KINDS = ("reply", "error", "pong", "reset")
+FRAME_KINDS = ("reply", "error", "pong", "reset", "heartbeat")
 ERROR_TYPES = ("slow_consumer", "heartbeat_timeout", "connection_reset", "send_failed", "internal")
 DISCONNECT_REASONS = (
     "client_closed",

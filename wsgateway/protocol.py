@@ -42,6 +42,9 @@ class Subscribe:
     id: RequestId = None
     #: positions to resume from, by topic (``"since"``): None when not asked
     since: dict[str, Position] | None = None
+    #: seconds between heartbeat frames for the connection (``"heartbeat"``): 0 stops
+    #: them, None leaves them as they are
+    heartbeat: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,8 @@ def parse_request(text: str | bytes, max_topics: int) -> Request:
         if kind == "unsubscribe":
             return Unsubscribe(topics, request_id)
         since = _since(message.get("since"), topics, request_id)
-        return Subscribe(topics, request_id, since)
+        heartbeat = _heartbeat(message.get("heartbeat"), request_id)
+        return Subscribe(topics, request_id, since, heartbeat)
     if not isinstance(kind, str):
         raise UnknownType(f'"type" must be a string, got {_json_kind(kind)}', request_id)
     shown = kind if len(kind) <= 32 else kind[:32] + "..."
@@ -156,6 +160,25 @@ def _since(
     return since
 
 
+#: The longest heartbeat interval a client may ask for, in seconds (an hour).
+MAX_HEARTBEAT = 3600
+HEARTBEAT_RULE = (
+    f'"heartbeat" must be a whole number of seconds from 1 to {MAX_HEARTBEAT}, or 0 to stop '
+    "heartbeats"
+)
+
+
+def _heartbeat(value: object, request_id: RequestId) -> int | None:
+    # Whole seconds: a client that needs to notice a dead feed within less than a second
+    # is better served by the updates themselves; and 1 s bounds the timers a client can
+    # make the gateway run.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_HEARTBEAT:
+        raise BadMessage(HEARTBEAT_RULE, request_id)
+    return value
+
+
 def _json_kind(value: object) -> str:
     if isinstance(value, list):
         return "an array"
@@ -196,6 +219,12 @@ def reset(channel: str, topic: str, epoch: str, seq: int) -> bytes:
     return orjson.dumps(
         {"type": "reset", "channel": channel, "topic": topic, "epoch": epoch, "seq": seq}
     )
+
+
+def heartbeat(n: int, ts: float, topics: dict[str, dict[str, Any]]) -> bytes:
+    """A heartbeat: the ``n``-th on its connection, with the position of each topic it
+    receives (see Channel.heartbeat_positions)."""
+    return orjson.dumps({"type": "heartbeat", "n": n, "ts": ts, "topics": topics})
 
 
 def unsubscribed(topics: tuple[str, ...], request_id: RequestId) -> bytes:
