@@ -134,7 +134,7 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
     ticker = view["managers"]["ticker"]
     assert ticker["total_connections"] == 1 and ticker["messages_published"] == 5
     assert ticker["messages_sent"] == 5  # updates only
-    assert ticker["frames_sent"] == {"reply": 1, "error": 1, "pong": 0, "reset": 0}
+    assert ticker["frames_sent"] == {"reply": 1, "error": 1, "pong": 0, "reset": 0, "heartbeat": 0}
     assert ticker["messages_received"] == 2
     assert view["managers"]["trades"]["messages_sent"] == 5
     assert view["managers"]["trades"]["frames_sent"]["reply"] == 1

@@ -173,7 +173,7 @@ def test_channel_figures() -> None:
     assert ticker["active_connections"] == 15
     assert ticker["messages_sent"] == 1247
     assert ticker["messages_failed"] == 3
-    assert ticker["frames_sent"] == {"reply": 6, "error": 2, "pong": 0, "reset": 0}
+    assert ticker["frames_sent"] == {"reply": 6, "error": 2, "pong": 0, "reset": 0, "heartbeat": 0}
     assert ticker["errors"] == 3
     assert ticker["messages_published"] == 11
     assert ticker["messages_received"] == 9
