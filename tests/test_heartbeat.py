@@ -1,6 +1,6 @@
 """Heartbeats (issue 9, section 2): the frame's content, its place among the updates, and
 which topics it may report. A Channel with fake transports; the heartbeat's timer is
-fired by hand (``_beat``), so nothing here waits for time to pass."""
+fired by hand (``Heartbeats.beat``), so nothing here waits for time to pass."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ async def next_turn() -> None:
 
 def beat(channel: Channel, conn: Connection) -> None:
     """Fire ``conn``'s heartbeat timer now, as the event loop would when it is due."""
-    handle = channel._heartbeats[conn].handle
+    handle = channel.heartbeats.handle(conn)
+    assert handle is not None
     handle.cancel()
-    channel._beat(conn)
+    channel.heartbeats.beat(conn)
 
 
 def kinds(client: Client) -> list[tuple[str, object]]:
@@ -74,7 +75,8 @@ async def test_a_heartbeat_follows_the_updates_it_reports_with_their_position() 
     ]
     assert h.value(FRAMES, kind="heartbeat") == 2
     # The next one is scheduled again, the interval after this one.
-    assert not h.channel._heartbeats[client.conn].handle.cancelled()
+    handle = h.channel.heartbeats.handle(client.conn)
+    assert handle is not None and not handle.cancelled()
 
 
 async def test_a_reset_is_reported_after_the_reset_frame() -> None:
@@ -128,17 +130,23 @@ async def test_the_latest_interval_wins_and_zero_stops_them() -> None:
     client = h.open()
     subscribe(h.channel, client.conn, ["BTC-USD"])
     h.channel.set_heartbeat(client.conn, 1)
-    first = h.channel._heartbeats[client.conn].handle
+    first = h.channel.heartbeats.handle(client.conn)
+    assert first is not None
     beat(h.channel, client.conn)
     h.channel.set_heartbeat(client.conn, 30)
     assert first.cancelled()
-    again = h.channel._heartbeats[client.conn]
-    assert again.seconds == 30 and again.sent == 0  # the count starts again
+    again = h.channel.heartbeats.handle(client.conn)
+    assert again is not None
     loop = asyncio.get_running_loop()
-    assert 29 < again.handle.when() - loop.time() <= 30
+    assert 29 < again.when() - loop.time() <= 30
+    beat(h.channel, client.conn)
+    await next_turn()
+    assert [n for kind, n in kinds(client) if kind == "heartbeat"] == [1, 1]  # counts afresh
 
+    again = h.channel.heartbeats.handle(client.conn)
+    assert again is not None
     h.channel.set_heartbeat(client.conn, 0)
-    assert again.handle.cancelled()
+    assert again.cancelled()
     assert h.channel.footprint()["heartbeats"] == 0
 
 
@@ -149,7 +157,8 @@ async def test_nothing_is_kept_for_connections_that_did_not_ask_or_left() -> Non
     subscribe(h.channel, asking.conn, ["BTC-USD"])
     assert h.channel.footprint()["heartbeats"] == 0
     h.channel.set_heartbeat(asking.conn, 1)
-    handle = h.channel._heartbeats[asking.conn].handle
+    handle = h.channel.heartbeats.handle(asking.conn)
+    assert handle is not None
     assert h.channel.footprint()["heartbeats"] == 1
     h.channel.remove(asking.conn, "client_closed")
     h.channel.remove(quiet.conn, "client_closed")

@@ -26,6 +26,7 @@ from .brokers.base import History, Position, Update
 from .connection import Closer, Connection, Transport
 from .continuity import TopicPositions
 from .errors import Draining, ForbiddenTopic, Rejected, TooManyTopics
+from .heartbeats import Heartbeats
 from .metrics import ChannelMetrics, ChannelState
 from .outbox import Course, SlowConsumerRule, Verdict
 from .ratelimit import LogThrottle
@@ -56,17 +57,6 @@ class Joining:
     lookup: list[str] = field(default_factory=list)
     #: the topics this request added to the client: undone when the broker does not answer
     added: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Heartbeat:
-    """A connection's heartbeat (``"heartbeat"`` in a subscribe): every ``seconds``, a frame
-    with the position of each topic it receives."""
-
-    seconds: int
-    handle: asyncio.TimerHandle
-    #: heartbeats sent since the subscribe that set this interval
-    sent: int = 0
 
 
 class Channel:
@@ -120,11 +110,8 @@ class Channel:
         # Clients joining a topic through a recovery (resume.py), by topic: pending ones
         # buffer live updates, catching-up ones skip what they already have.
         self._recovering: dict[str, dict[Connection, Recovery]] = {}
-        # Connections that asked for heartbeats, each with its own timer handle: a timer
-        # per connection rather than a channel-wide ticker, because it costs nothing for
-        # the connections that did not ask (most of them), none at all when nobody did,
-        # and it fires exactly on each connection's interval without a scan of the others.
-        self._heartbeats: dict[Connection, _Heartbeat] = {}
+        # Connections that asked for position heartbeats, and their timers (heartbeats.py).
+        self.heartbeats = Heartbeats(self._send_heartbeat)
 
     # -- admission ------------------------------------------------------------------------
 
@@ -194,8 +181,8 @@ class Channel:
         self._connections.discard(conn)
         self._held.discard(conn)
         self._lagging.pop(conn, None)
-        if self._heartbeats:
-            self._stop_heartbeat(conn)
+        if self.heartbeats:
+            self.heartbeats.stop(conn)
         self.admission.closed(conn.address)
         self._drop_subscriptions(conn, tuple(conn.topics))
         if conn.outbox:
@@ -361,32 +348,12 @@ class Channel:
     # -- heartbeats ---------------------------------------------------------------------------
 
     def set_heartbeat(self, conn: Connection, seconds: int) -> None:
-        """Send ``conn`` a heartbeat every ``seconds`` from now on (0: none); the latest
-        subscribe that asked wins, and its count starts again at 1."""
-        self._stop_heartbeat(conn)
-        if seconds <= 0 or conn.closing:
-            return
-        handle = asyncio.get_running_loop().call_later(seconds, self._beat, conn)
-        self._heartbeats[conn] = _Heartbeat(seconds, handle)
+        """Send ``conn`` a heartbeat every ``seconds`` from now on (0: none)."""
+        self.heartbeats.set(conn, seconds)
 
-    def _stop_heartbeat(self, conn: Connection) -> None:
-        heartbeat = self._heartbeats.pop(conn, None)
-        if heartbeat is not None:
-            heartbeat.handle.cancel()
-
-    def _beat(self, conn: Connection) -> None:
-        heartbeat = self._heartbeats.get(conn)
-        if heartbeat is None or conn.closing:
-            return
-        heartbeat.sent += 1
-        payload = protocol.heartbeat(
-            heartbeat.sent, self._wall_clock(), self.heartbeat_positions(conn)
-        )
+    def _send_heartbeat(self, conn: Connection, n: int) -> None:
+        payload = protocol.heartbeat(n, self._wall_clock(), self.heartbeat_positions(conn))
         self.send(conn, payload, "heartbeat")
-        if not conn.closing:  # the send may have cut it (slow consumer)
-            heartbeat.handle = asyncio.get_running_loop().call_later(
-                heartbeat.seconds, self._beat, conn
-            )
 
     def heartbeat_positions(self, conn: Connection) -> dict[str, dict[str, object]]:
         """The position of each topic ``conn`` receives, for its heartbeat.
@@ -804,7 +771,7 @@ class Channel:
             "held": len(self._held),
             "lagging": len(self._lagging),
             "recovering": sum(len(r) for r in self._recovering.values()),
-            "heartbeats": len(self._heartbeats),
+            "heartbeats": len(self.heartbeats),
         }
 
     def admission_window(self) -> int:
