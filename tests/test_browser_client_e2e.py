@@ -13,30 +13,25 @@ each test imports ``/client.js`` into it and records what the client yields in
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from wsgateway.settings import Settings
 from wsgateway.web import DEMO_CSP
 
+from .chromium import in_thread, start_chromium
 from .conftest import StartGateway
 from .processes import GatewayNode, http_json
 from .test_client_e2e import relay_to
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 #: Longest a change may take to show in the browser.
 WAIT = 12.0
 TOPICS = ["BTC-USD", "ETH-USD"]
@@ -44,42 +39,15 @@ OPEN = ("--set", "connections_per_minute=100000")
 #: Backoff for the tests: reconnects within half a second.
 FAST = {"backoff": [0.05, 0.5]}
 
-T = TypeVar("T")
-
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """One headless Chromium for the module; each test loads its own page."""
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            pytest.fail(f"the browser tests need {path} (Debian chromium, chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT)
-    driver.set_script_timeout(WAIT)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), WAIT)
     try:
         yield driver
     finally:
         driver.quit()
-
-
-async def in_thread(function: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(function, *args)
 
 
 async def run_js(browser: WebDriver, script: str, *args: Any) -> Any:

@@ -16,17 +16,14 @@ import base64
 import contextlib
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
 import websockets
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 from websockets.exceptions import ConnectionClosed
@@ -34,13 +31,12 @@ from websockets.exceptions import ConnectionClosed
 from wsgateway.brokers.memory import MemoryBroker
 from wsgateway.metrics import histogram_quantile
 
+from .chromium import in_thread, start_chromium
 from .conftest import RunningGateway, StartGateway, recv_json, request
 from .processes import GatewayNode
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 #: Longest a change may take to show on the page.
 WAIT = 10.0
 #: The page polls this often in most tests (``?interval=`` milliseconds).
@@ -48,7 +44,6 @@ FAST = "?interval=250"
 #: What the page shows for a figure it does not know (yet).
 UNKNOWN = "\N{EN DASH}"
 
-T = TypeVar("T")
 Snapshot = dict[str, Any]
 
 #: What the page shows, read in one go: the pills, the alert, the cards, the sparklines, each
@@ -112,40 +107,11 @@ return {
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """One headless Chromium for the module; each test loads its own page."""
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not os.access(path, os.X_OK):
-            pytest.fail(
-                f"the status page tests need {path} (Debian packages chromium and "
-                "chromium-driver; scripts/test installs them)"
-            )
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,900",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-    ):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # Given the driver's path, Selenium does not look for (or download) one.
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT)
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), WAIT)
     try:
         yield driver
     finally:
         driver.quit()
-
-
-async def in_thread(function: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(function, *args)
 
 
 async def open_page(browser: WebDriver, url: str) -> None:
