@@ -595,6 +595,21 @@ async def check_rules(api: PrometheusAPI) -> list[str]:
     return failures
 
 
+async def check_everything(api: PrometheusAPI, target: str) -> list[str]:
+    """Every panel, alert rule, dashboard variable and the scoping of every query, against
+    the node scraped as ``target``. Parse errors are final; a panel without data may only lack
+    samples: a few more scrapes while traffic keeps flowing (up to 10 s), then report."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while True:
+        broken, empty = await check_panels(api, target)
+        if broken or not empty or loop.time() > deadline:
+            break
+        await asyncio.sleep(1)
+    failures = broken + empty + await check_rules(api)
+    return failures + await check_scoped(api) + await check_variables(api, target)
+
+
 @pytest.mark.timeout(120)
 async def test_every_panel_and_alert_query_works_against_a_real_prometheus(
     start_gateway: StartGateway,
@@ -610,18 +625,7 @@ async def test_every_panel_and_alert_query_works_against_a_real_prometheus(
         ):
             api = PrometheusAPI(session, prometheus)
             await api.wait_for_scrapes(timeout=30)
-            # Parse errors are final; a panel without data may only lack samples: a few
-            # more scrapes while traffic keeps flowing, then report.
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
-            target = f"127.0.0.1:{gw.server.port}"
-            while True:
-                broken, empty = await check_panels(api, target)
-                if broken or not empty or loop.time() > deadline:
-                    break
-                await asyncio.sleep(1)
-            failures = broken + empty + await check_rules(api)
-            failures += await check_scoped(api) + await check_variables(api, target)
+            failures = await check_everything(api, f"127.0.0.1:{gw.server.port}")
             assert not failures, prometheus.failure(
                 f"{len(failures)} failing queries:\n" + "\n".join(failures)
             )

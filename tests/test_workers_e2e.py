@@ -31,10 +31,7 @@ from .conftest import recv_json, request
 from .redis_server import free_port
 from .test_grafana_e2e import (
     PrometheusAPI,
-    check_panels,
-    check_rules,
-    check_scoped,
-    check_variables,
+    check_everything,
     panel_queries,
     run_prometheus,
     steady_traffic,
@@ -279,15 +276,7 @@ async def test_dashboards_and_alert_rules_work_on_a_node_with_workers(
         ):
             api = PrometheusAPI(session, prometheus)
             await api.wait_for_scrapes(timeout=30)
-            deadline = time.monotonic() + 10
-            target = f"127.0.0.1:{node.port}"
-            while True:
-                broken, empty = await check_panels(api, target)
-                if broken or not empty or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(1)
-            failures = broken + empty + await check_rules(api)
-            failures += await check_scoped(api) + await check_variables(api, target)
+            failures = await check_everything(api, f"127.0.0.1:{node.port}")
             assert not failures, prometheus.failure(
                 f"{len(failures)} failing queries:\n" + "\n".join(failures)
             )
