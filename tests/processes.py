@@ -32,6 +32,15 @@ HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 START_ATTEMPTS = 5
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (a zombie counts: it is not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This environment without any WSGATEWAY_* variable, plus ``extra``; the worktree's
     package first on the path (the venv has /work/main installed editable)."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import alive
 from wsgateway.workers import Backoff
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,14 +86,6 @@ def harness(tmp_path: Path) -> Iterator[type[Harness]]:
         for _, pid in h.started():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_sigterm_stops_every_worker_and_then_the_supervisor(harness: type[Harness]) -> None:

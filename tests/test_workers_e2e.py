@@ -28,6 +28,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import recv_json, request
+from .processes import alive
 from .redis_server import free_port
 from .test_grafana_e2e import (
     PrometheusAPI,
@@ -86,14 +87,6 @@ def read_line(process: subprocess.Popen[str], timeout: float) -> str:
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], timeout)
     return process.stdout.readline() if ready else ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def children_of(pid: int) -> list[int]:

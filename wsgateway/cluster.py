@@ -123,7 +123,7 @@ class Cluster:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.broker = broker
-        #: (open connections, messages sent) of this process
+        #: (open connections, updates sent) of this process
         self.figures = figures
         #: host:port this process serves (see :meth:`listening_on`)
         self.address = address
