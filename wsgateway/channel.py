@@ -23,12 +23,14 @@ from os import write as os_write
 from . import protocol
 from .admission import Admission
 from .brokers.base import History, Position, Snapshot, Update
+from .conflation import Pending
 from .connection import Closer, Connection, Transport
 from .continuity import TopicPositions
-from .errors import Draining, ForbiddenTopic, Rejected, TooManyTopics
+from .errors import BadMessage, Draining, ForbiddenTopic, Rejected, TooManyTopics
 from .heartbeats import Heartbeats
 from .metrics import ChannelMetrics, ChannelState
 from .outbox import Course, SlowConsumerRule, Verdict
+from .ratecap import Cap
 from .ratelimit import LogThrottle
 from .resume import Outcome, Recovery, Step
 from .settings import Limits
@@ -77,8 +79,15 @@ class Channel:
         self.private = name in PRIVATE_CHANNELS
         #: stream, last or book (settings.Limits.mode_for)
         self.mode = limits.mode_for(name)
-        #: a subscriber to a topic gets its state first (a ``snapshot`` frame)
-        self.snapshots = self.mode != "stream"
+        #: a subscriber to a topic gets its state first (a ``snapshot`` frame), and a client
+        #: past the soft bound gets a topic's waiting updates merged (conflation.py)
+        self.snapshots = self.conflates = self.mode != "stream"
+        self._book = self.mode == "book"
+        self._checksums = self._book and limits.checksum
+        #: the soft bound: queued bytes past which a last or book client is conflated
+        self.soft_bytes = (
+            limits.max_outbox_bytes // 2 if self.conflates else limits.max_outbox_bytes
+        )
         self.draining = False
         self._clock = clock
         self._wall_clock = wall_clock  # the clock of Update.ts, for delivery latency
@@ -114,6 +123,9 @@ class Channel:
         # Clients joining a topic through a recovery (resume.py), by topic: pending ones
         # buffer live updates, catching-up ones skip what they already have.
         self._recovering: dict[str, dict[Connection, Recovery]] = {}
+        # Receivers with a max_rate, by topic, apart from _topics: the fan-out of every
+        # other receiver pays nothing for them (ratecap.py).
+        self._capped: dict[str, dict[Connection, Cap]] = {}
         # Connections that asked for position heartbeats, and their timers (heartbeats.py).
         self.heartbeats = Heartbeats(self._send_heartbeat)
 
@@ -193,6 +205,7 @@ class Channel:
             lost = "shutdown" if reason == "shutdown" else "connection_lost"
             self.metrics.failed[lost].inc(_updates(conn, len(conn.outbox)))
             conn.outbox.clear()
+            conn.conflating = None
             conn.outbox_bytes = 0
         conn.closing = True
         conn.end_reason = reason
@@ -205,6 +218,7 @@ class Channel:
         conn: Connection,
         topics: Iterable[str],
         since: Mapping[str, Position] | None = None,
+        max_rate: float | None = None,
     ) -> Joining:
         """Add ``topics`` to ``conn``; raise ClientError when they are not allowed.
 
@@ -226,6 +240,8 @@ class Channel:
         new = [topic for topic in topics if topic not in conn.topics]
         if len(conn.topics) + len(new) > self.limits.max_topics:
             raise TooManyTopics(f"at most {self.limits.max_topics} topics per connection")
+        if max_rate is not None:
+            self._set_caps(conn, topics, max_rate)
         joining = Joining(topics, added=new)
         since = since or {}
         for topic in topics:
@@ -262,7 +278,7 @@ class Channel:
                 self._start_recovery(joining, Recovery(conn, topic, None))
         else:
             for topic in immediate:
-                self._topics.setdefault(topic, set()).add(conn)
+                self._receive(conn, topic)
         return joining
 
     def _start_recovery(self, joining: Joining, recovery: Recovery) -> None:
@@ -297,7 +313,64 @@ class Channel:
         del recoveries[conn]
         if not recoveries:
             del self._recovering[topic]
-        self._topics.setdefault(topic, set()).add(conn)
+        self._receive(conn, topic)
+
+    def _receive(self, conn: Connection, topic: str) -> None:
+        """Make ``conn`` a receiver of ``topic``'s live updates: at the rate its max_rate
+        allows, or as they come."""
+        caps = conn.caps
+        interval = caps.get(topic) if caps else None
+        if interval is None:
+            self._topics.setdefault(topic, set()).add(conn)
+        else:
+            self._capped.setdefault(topic, {})[conn] = Cap(interval)
+
+    def _set_caps(self, conn: Connection, topics: tuple[str, ...], max_rate: float) -> None:
+        """Apply a subscribe's ``max_rate`` (0: none) to its topics, held ones included."""
+        if not self.conflates:
+            raise BadMessage(
+                f'"max_rate" is for channels in last or book mode; {self.name} is in '
+                f"{self.mode} mode, whose updates are never merged"
+            )
+        if protocol.WILDCARD in topics:
+            raise BadMessage('"max_rate" applies to named topics, not "*"')
+        caps = conn.caps if conn.caps is not None else {}
+        for topic in topics:
+            receiving = self._is_receiving(conn, topic)
+            if receiving:
+                self._stop_receiving(conn, topic, release=True)
+            if max_rate:
+                caps[topic] = 1.0 / max_rate
+            else:
+                caps.pop(topic, None)
+            if receiving:
+                self._receive(conn, topic)
+        conn.caps = caps or None
+
+    def _is_receiving(self, conn: Connection, topic: str) -> bool:
+        receivers = self._topics.get(topic)
+        if receivers is not None and conn in receivers:
+            return True
+        capped = self._capped.get(topic)
+        return capped is not None and conn in capped
+
+    def _stop_receiving(self, conn: Connection, topic: str, release: bool = False) -> None:
+        """Take ``conn`` off ``topic``'s receivers; ``release``: what its max_rate held
+        back is sent first (it keeps receiving the topic, at another rate)."""
+        subscribers = self._topics.get(topic)
+        if subscribers is not None:
+            subscribers.discard(conn)
+            if not subscribers:
+                del self._topics[topic]  # no per-topic state outlives its last subscriber
+        capped = self._capped.get(topic)
+        if capped is not None:
+            cap = capped.pop(conn, None)
+            if cap is not None:
+                if release and cap.pending is not None:
+                    self._release(conn, topic, cap)
+                cap.cancel()
+            if not capped:
+                del self._capped[topic]
 
     def abandon(self, conn: Connection, joining: Joining) -> None:
         """Undo every subscription a request added, when the broker could not answer it:
@@ -335,7 +408,7 @@ class Channel:
                 conn.all_topics = False
                 self._wildcard.discard(conn)
                 for kept in conn.topics:
-                    self._topics.setdefault(kept, set()).add(conn)
+                    self._receive(conn, kept)
             else:
                 self._discard(topic, conn)
 
@@ -346,11 +419,9 @@ class Channel:
                 del recoveries[conn]
                 if not recoveries:
                     del self._recovering[topic]
-        subscribers = self._topics.get(topic)
-        if subscribers is not None:
-            subscribers.discard(conn)
-            if not subscribers:
-                del self._topics[topic]  # no per-topic state outlives its last subscriber
+        self._stop_receiving(conn, topic)
+        if conn.caps is not None and not conn.all_topics:
+            conn.caps.pop(topic, None)
 
     # -- heartbeats ---------------------------------------------------------------------------
 
@@ -383,7 +454,10 @@ class Channel:
         for topic in conn.topics:
             receivers = subscribers.get(topic)
             if receivers is None or conn not in receivers:
-                continue  # joining
+                capped = self._capped.get(topic)
+                cap = capped.get(conn) if capped else None
+                if cap is None or cap.pending is not None:
+                    continue  # joining, or updates held back for its max_rate
             position = self.positions.get(topic)
             if position is not None:
                 positions[topic] = {"seq": position.seq, "epoch": position.epoch}
@@ -398,15 +472,23 @@ class Channel:
 
     def send_frame(self, conn: Connection, frame: bytes, kind: str) -> None:
         """Queue one ready-made frame of ``kind`` (a ``pong``) for ``conn``; like every
-        reply, it counts against ``max_outbox_bytes``."""
+        reply, it counts against ``max_outbox_bytes``. A ``snapshot`` is never refused by
+        the hard cap (see :meth:`send_update`)."""
         if not conn.closing:
-            self._enqueue([conn], frame, update=False)
+            self._enqueue([conn], frame, update=False, capped=kind != "snapshot")
             _mark(conn, kind)
 
     def send_update(self, conn: Connection, frame: bytes) -> None:
-        """Queue one update frame for ``conn`` alone (a replayed one)."""
+        """Queue one replayed update frame for ``conn`` alone.
+
+        Replays and snapshots are queued whole, past the hard cap if need be: they are
+        bounded (``max_replay`` updates, ``max_topics`` books of ``max_book_levels``), and
+        refusing them would refuse them again on every retry, so a client with more to
+        catch up on than twice ``max_outbox_bytes`` could never resume. The client then lags
+        as any other, and is cut (1013) only if it does not drain in its grace (outbox.py).
+        """
         if not conn.closing:
-            self._enqueue([conn], frame)
+            self._enqueue([conn], frame, capped=False)
 
     def broadcast(self, update: Update) -> int:
         """Fan ``update`` out to its subscribers; returns how many it was queued for."""
@@ -416,11 +498,16 @@ class Channel:
         self.positions.advance(topic, update.epoch, update.seq)
         frame = self._update_frame(update)
         subscribers = self._topics.get(topic)
-        queued = self._enqueue(subscribers, frame) if subscribers else 0
+        merge = update if self.conflates else None
+        queued = self._enqueue(subscribers, frame, merge=merge) if subscribers else 0
         if self._wildcard:
-            queued += self._enqueue(self._wildcard, frame)
+            queued += self._enqueue(self._wildcard, frame, merge=merge)
         if self._recovering and topic in self._recovering:
             queued += self._offer(self._recovering[topic], update, frame)
+        if self._capped and topic in self._capped:
+            queued += self._throttle(self._capped[topic], update, frame)
+        if self._checksums:
+            self.metrics.checksums.inc()
         if queued:
             self._queued_ts.append(update.ts)
             self.turn_bytes += len(frame)
@@ -436,6 +523,38 @@ class Channel:
         return protocol.text_frame(
             protocol.update(self.name, update.topic, update.seq, update.ts, update.data, epoch)
         )
+
+    def _throttle(self, capped: dict[Connection, Cap], update: Update, frame: bytes) -> int:
+        """Hand an update to the receivers with a max_rate (ratecap.py): sent now to those
+        whose interval is over, held back and merged for the others."""
+        now = self._clock()
+        due = []
+        for conn, cap in capped.items():
+            if cap.due(now):
+                due.append(conn)
+                continue
+            pending = cap.pending
+            if pending is None:
+                cap.pending = Pending(update, frame, self._book)
+                cap.timer = asyncio.get_running_loop().call_later(
+                    max(0.0, cap.next_at - now), self._release, conn, update.topic, cap
+                )
+            elif pending.merge(update, frame):
+                self.metrics.conflated.inc()
+            else:  # it does not follow on (a gap was mended): what was held goes first
+                self._release(conn, update.topic, cap)
+                cap.pending = Pending(update, frame, self._book)
+                cap.timer = asyncio.get_running_loop().call_later(
+                    cap.interval, self._release, conn, update.topic, cap
+                )
+        return self._enqueue(due, frame, merge=update) if due else 0
+
+    def _release(self, conn: Connection, topic: str, cap: Cap) -> None:
+        """Send what ``cap`` held back (its interval is over, or it must go out now)."""
+        pending = cap.take(self._clock())
+        if pending is not None and not conn.closing:
+            self._enqueue([conn], pending.frame(self.name), merge=pending.update)
+            self._queued_ts.append(pending.update.ts)
 
     def _snapshot_frame(self, topic: str, snapshot: Snapshot) -> bytes:
         position = snapshot.position
@@ -461,6 +580,10 @@ class Channel:
         frame = protocol.text_frame(payload)
         told: list[Connection] = list(self._topics.get(topic, ()))
         told.extend(self._wildcard)
+        for conn, cap in self._capped.get(topic, {}).items():
+            if cap.pending is not None:
+                self._release(conn, topic, cap)  # updates before the reset come first
+            told.append(conn)
         recoveries = self._recovering.get(topic)
         if recoveries:
             for conn, recovery in list(recoveries.items()):
@@ -478,7 +601,12 @@ class Channel:
 
     def has_subscribers(self, topic: str) -> bool:
         """True when a client here receives ``topic`` (or is joining it)."""
-        return bool(self._wildcard) or topic in self._topics or topic in self._recovering
+        return (
+            bool(self._wildcard)
+            or topic in self._topics
+            or topic in self._recovering
+            or topic in self._capped
+        )
 
     def expire_positions(self) -> int:
         """Forget the positions of topics idle past topic_ttl without subscribers here."""
@@ -487,32 +615,51 @@ class Channel:
         return self.positions.expire(_Subscribed(self))
 
     def _enqueue(
-        self, connections: Collection[Connection], frame: bytes, update: bool = True
+        self,
+        connections: Collection[Connection],
+        frame: bytes,
+        update: bool = True,
+        merge: Update | None = None,
+        capped: bool = True,
     ) -> int:
         # The hot loop: runs once per delivery, so it does as little as it can. A frame that
-        # is not an update is marked by the caller once queued (_mark), never here.
+        # is not an update is marked by the caller once queued (_mark), never here. ``merge``:
+        # the update of ``frame``, on a channel that conflates (last, book).
         size = len(frame)
         budget = self.limits.max_outbox_bytes - size
+        soft = self.soft_bytes - size  # = budget on a stream channel
         dirty = self._dirty
         slow: list[Connection] = []
         lagging: list[Connection] = []
+        if not update:
+            for conn in connections:
+                if conn.conflating is not None:  # nothing more merges into what precedes
+                    self._seal(conn)
         for conn in connections:
+            item: object = frame
             # Re-read the real buffer only near the limit (the cached backlog may be stale).
-            if (
-                conn.outbox_bytes + conn.backlog > budget
-                and (pending := conn.pending_bytes()) > budget
-            ):
-                # Past the limit the client lags and is judged over time; only a frame that
-                # would take it past the hard cap cuts it now (outbox.py).
-                if not self._rule.admits(pending, size):
-                    slow.append(conn)
-                    continue
-                if conn.lagging_since is None:
-                    lagging.append(conn)
+            if conn.outbox_bytes + conn.backlog > soft:
+                if merge is not None:
+                    entry = self._conflate(conn, merge, frame)
+                    if entry is True:
+                        continue  # merged into the topic's waiting entry
+                    if entry is not None:
+                        item = entry
+                if (
+                    conn.outbox_bytes + conn.backlog > budget
+                    and (pending := conn.pending_bytes()) > budget
+                ):
+                    # Past the limit the client lags and is judged over time; only a frame
+                    # that would take it past the hard cap cuts it now (outbox.py).
+                    if capped and not self._rule.admits(pending, size):
+                        slow.append(conn)
+                        continue
+                    if conn.lagging_since is None:
+                        lagging.append(conn)
             outbox = conn.outbox
             if not outbox:  # first frame this turn: the flush must visit this connection
                 dirty.append(conn)
-            outbox.append(frame)
+            outbox.append(item)
             conn.outbox_bytes += size
         if dirty and self._flush_handle is None:
             loop = asyncio.get_running_loop()
@@ -528,6 +675,34 @@ class Channel:
         if lagging:
             self._start_lagging(lagging)
         return queued
+
+    def _conflate(self, conn: Connection, update: Update, frame: bytes) -> Pending | bool | None:
+        """A client past the soft bound on a last or book channel: fold ``update`` into the
+        topic's entry waiting in its outbox (True), or open one that takes the frame's place
+        (the entry), or None when its real queue is under the bound after all (the cached
+        backlog was stale): the frame is queued as it is."""
+        entries = conn.conflating
+        if entries is None:
+            if conn.pending_bytes() <= self.soft_bytes - len(frame):
+                return None
+            conn.conflating = entries = {}
+        else:
+            entry = entries.get(update.topic)
+            if entry is not None and entry.merge(update, frame):
+                self.metrics.conflated.inc()
+                return True
+        entry = entries[update.topic] = Pending(update, frame, self._book)
+        return entry
+
+    def _seal(self, conn: Connection) -> None:
+        """Make the conflation entries of ``conn``'s outbox into frames, in place: it is
+        about to be written, or a frame that is not an update is queued behind them."""
+        conn.conflating = None
+        name = self.name
+        outbox = conn.outbox
+        for i, item in enumerate(outbox):
+            if type(item) is Pending:
+                outbox[i] = item.frame(name)
 
     def _start_lagging(self, connections: list[Connection]) -> None:
         now = self._clock()
@@ -636,6 +811,8 @@ class Channel:
                     # until it catches up or is judged a slow consumer (outbox.py).
                     held.add(conn)
                     continue
+            if conn.conflating is not None:
+                self._seal(conn)
             data = outbox[0] if count == 1 else b"".join(outbox)
             outbox.clear()
             conn.outbox_bytes = 0
@@ -704,6 +881,7 @@ class Channel:
         # did not fit (``unsent``): count them, free them, and close with 1013.
         self.metrics.failed["slow_consumer"].inc(_updates(conn, len(conn.outbox)) + unsent)
         conn.outbox.clear()
+        conn.conflating = None
         conn.outbox_bytes = 0
         self.metrics.slow_consumers.inc()
         self._fail(conn, "slow_consumer", 1013, "slow consumer")
@@ -725,6 +903,8 @@ class Channel:
         self._close(conn, code, message, reason)
 
     def _write_now(self, conn: Connection) -> None:
+        if conn.conflating is not None:
+            self._seal(conn)
         outbox, conn.outbox, conn.outbox_bytes = conn.outbox, [], 0
         if not outbox:
             return
@@ -786,6 +966,7 @@ class Channel:
             "held": len(self._held),
             "lagging": len(self._lagging),
             "recovering": sum(len(r) for r in self._recovering.values()),
+            "capped": sum(len(c) for c in self._capped.values()),
             "heartbeats": len(self.heartbeats),
         }
 
@@ -829,4 +1010,4 @@ class _Subscribed:
 
     def __contains__(self, topic: object) -> bool:
         channel = self._channel
-        return topic in channel._topics or topic in channel._recovering
+        return topic in channel._topics or topic in channel._recovering or topic in channel._capped

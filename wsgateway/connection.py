@@ -9,9 +9,12 @@ tens of thousands of idle ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Set
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .ratelimit import StrikeCounter, TokenBucket
+
+if TYPE_CHECKING:
+    from .conflation import Pending
 
 # Rate-limit violations within STRIKE_WINDOW seconds that turn a client into an abuser (1008).
 STRIKE_LIMIT = 5
@@ -43,8 +46,10 @@ class Connection:
         "backlog",
         "broker_reads",
         "bucket",
+        "caps",
         "closer",
         "closing",
+        "conflating",
         "end_reason",
         "fd",
         "frames_out",
@@ -81,9 +86,14 @@ class Connection:
         self._topics: set[str] | None = None
         #: subscribed to every topic: kept out of the per-topic sets so it gets each update once
         self.all_topics = False
-        #: frames waiting for this loop turn's flush, and their size in bytes
-        self.outbox: list[bytes] = []
+        #: frames waiting for this loop turn's flush, and their size in bytes; on a last or
+        #: book channel some may be conflation.Pending entries, made into frames when written
+        self.outbox: list[Any] = []
         self.outbox_bytes = 0
+        #: ``max_rate`` intervals in seconds, by topic (None: no topic is capped)
+        self.caps: dict[str, float] | None = None
+        #: the conflation entries open in the outbox, by topic (None: none, the common case)
+        self.conflating: dict[str, Pending] | None = None
         #: the kinds (metrics.FRAME_KINDS) of the frames in the outbox that are not updates,
         #: None when all are: replies are rare, so a write or a drop of a whole outbox splits
         #: into updates and others with one subtraction, and fan-out marks nothing

@@ -142,7 +142,7 @@ class Gateway:
         answer (``unavailable``; nothing is left subscribed).
         """
         try:
-            joining = channel.subscribe(conn, request.topics, request.since)
+            joining = channel.subscribe(conn, request.topics, request.since, request.max_rate)
         except ClientError as exc:
             exc.request_id = request.id  # the channel's refusal does not know the request's id
             raise

@@ -162,6 +162,8 @@ class ChannelMetrics:
         self.replayed = metrics.replayed.labels(channel)
         self.repairs = {o: metrics.repairs.labels(channel, o) for o in REPAIR_OUTCOMES}
         self.resets = metrics.resets.labels(channel)
+        self.conflated = metrics.conflated.labels(channel)
+        self.checksums = metrics.checksums.labels(channel)
         self.duplicates = metrics.duplicates.labels(channel)
         self._clock = metrics.clock
 
@@ -285,6 +287,20 @@ class GatewayMetrics:
             "Topics whose live feed skipped updates (broker reconnect, gap), by outcome: "
             "filled from history or reset",
             ["channel", "outcome"],
+            registry=r,
+        )
+        self.conflated = Counter(
+            "wsgateway_conflated_updates_total",
+            "Updates merged into a later update's frame (from_seq) for a client that lagged "
+            "or asked for max_rate, instead of being sent on their own",
+            ["channel"],
+            registry=r,
+        )
+        self.checksums = Counter(
+            "wsgateway_checksum_frames_total",
+            "Update and snapshot frames of book topics that carry a checksum, as relayed "
+            "(once per update, not per client)",
+            ["channel"],
             registry=r,
         )
         self.resets = Counter(

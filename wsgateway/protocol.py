@@ -46,6 +46,9 @@ class Subscribe:
     #: seconds between heartbeat frames for the connection (``"heartbeat"``): 0 stops
     #: them, None leaves them as they are
     heartbeat: int | None = None
+    #: updates per second per topic of the request (``"max_rate"``): 0 lifts the cap, None
+    #: leaves the topics as they are
+    max_rate: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +95,8 @@ def parse_request(text: str | bytes, max_topics: int) -> Request:
             return Unsubscribe(topics, request_id)
         since = _since(message.get("since"), topics, request_id)
         heartbeat = _heartbeat(message.get("heartbeat"), request_id)
-        return Subscribe(topics, request_id, since, heartbeat)
+        max_rate = _max_rate(message.get("max_rate"), request_id)
+        return Subscribe(topics, request_id, since, heartbeat, max_rate)
     if not isinstance(kind, str):
         raise UnknownType(f'"type" must be a string, got {_json_kind(kind)}', request_id)
     shown = kind if len(kind) <= 32 else kind[:32] + "..."
@@ -178,6 +182,27 @@ def _heartbeat(value: object, request_id: RequestId) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_HEARTBEAT:
         raise BadMessage(HEARTBEAT_RULE, request_id)
     return value
+
+
+#: The highest max_rate a client may ask for, in updates per second per topic.
+MAX_RATE = 1000
+MAX_RATE_RULE = (
+    f'"max_rate" must be a number of updates per second per topic above 0 and at most '
+    f"{MAX_RATE}, or 0 for no cap"
+)
+
+
+def _max_rate(value: object, request_id: RequestId) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_RATE
+        or value != value
+    ):
+        raise BadMessage(MAX_RATE_RULE, request_id)
+    return float(value)
 
 
 def _json_kind(value: object) -> str:
