@@ -288,7 +288,9 @@ class Client:
             if self._closed:  # close() closed the session under the attempt
                 return
             if not self._reconnect:
-                raise ConnectFailed(self.url, str(failed) or type(failed).__name__) from None
+                raise ConnectFailed(
+                    self.url, f"cannot connect: {failed or type(failed).__name__}"
+                ) from None
             self._delay = self._backoff.next()  # unreachable: try again later
             return
         if self._closed:

@@ -131,4 +131,4 @@ class ConnectFailed(ClientStopped):
 
     def __init__(self, url: str, cause: str) -> None:
         self.url, self.cause = url, cause
-        super().__init__(f"cannot reach {url}: {cause}")
+        super().__init__(f"{url}: {cause}")
