@@ -13,6 +13,7 @@ each test imports ``/client.js`` into it and records what the client yields in
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from wsgateway.book import Book, parse_delta
 from wsgateway.settings import Settings
 from wsgateway.web import DEMO_CSP
 
@@ -357,6 +359,33 @@ import("/client.js").then((m) => {
     (e) => [e.kind, e.seq, e.epoch]);
   out.unknown_topic = s.onUpdate({ topic: "Z", seq: 1 });
   try { new m.Client("", "ticker", ["*"]); } catch (error) { out.star = error.name; }
+  // Books: CRC32 and the checksum as wsgateway.book computes them; snapshots, conflated
+  // updates, a checksum mismatch (a fresh hole), heartbeats.
+  out.crc = [m.crc32(""), m.crc32("hello")];
+  const book = new m.Book();
+  book.apply({
+    bids: [["100", "1"], ["99.5", "2"], ["100.25", "3"]],
+    asks: [["101", "1"], ["1000", "2"], ["200", "0"]],
+  });
+  out.book = [book.bids(), book.asks(), book.checksum()];
+  const k = new m.Streams(["K"]);
+  k.onSubscribed({ K: { seq: 3, epoch: "e" } });
+  const snap = { bids: [["100", "1"]], asks: [["101", "1"]] };
+  snap.checksum = m.bookChecksum(snap.bids, snap.asks);
+  out.snapshot = k.onSnapshot({ type: "snapshot", topic: "K", seq: 3, epoch: "e", data: snap })
+    .map((e) => e.kind);
+  const moved = m.bookChecksum([["100", "2"]], [["101", "1"]]);
+  const bookUpdate = (seq, bids) => k.onUpdate({ topic: "K", seq, data: { bids } });
+  out.conflated = k.onUpdate({
+    topic: "K", seq: 6, from_seq: 4, data: { bids: [["100", "2"]], asks: [], checksum: moved },
+  }).map((e) => [e.kind, e.seq, e.from_seq]);
+  out.mismatch = k.onUpdate({ topic: "K", seq: 7, data: { bids: [["99", "1"]], checksum: 1 } });
+  out.resync = [k.book("K"), k.since(["K"]), bookUpdate(8, [])];
+  out.beat = [
+    k.onHeartbeat({ topics: { K: { seq: 9, epoch: "e" } } }),  // resyncing: not a hole
+    s.onHeartbeat({ topics: { A: { seq: 1, epoch: "e3" } } }),
+    s.onHeartbeat({ topics: { A: { seq: 2, epoch: "e3" } } }),
+  ];
   done(out);
 }, (error) => done(String(error)));
 """
@@ -399,6 +428,7 @@ async def test_the_pure_parts_follow_the_python_sdk(browser: WebDriver) -> None:
             "to_seq": 20,
             "epoch": "e1",
             "previous": {"epoch": "e1", "seq": 10},
+            "reason": "lost",
         }
     ]
     assert out["new_epoch"] == [["gap", 1, 2, "e2"], ["update", 3, None, "e2"]]
@@ -410,6 +440,25 @@ async def test_the_pure_parts_follow_the_python_sdk(browser: WebDriver) -> None:
     assert out["fresh_first"] == [["update", 1, "x"]]
     assert out["unknown_topic"] == []
     assert out["star"] == "TypeError"
+    assert out["crc"] == [zlib.crc32(b""), zlib.crc32(b"hello")]
+    levels = {
+        "bids": [["100", "1"], ["99.5", "2"], ["100.25", "3"]],
+        "asks": [["101", "1"], ["1000", "2"], ["200", "0"]],
+    }
+    book = Book()
+    book.apply(parse_delta(levels))
+    bids, asks = book.bids.levels(), book.asks.levels()
+    assert out["book"] == [[list(b) for b in bids], [list(a) for a in asks], book.checksum()]
+    assert out["snapshot"] == ["snapshot"]
+    assert out["conflated"] == [["update", 6, 4]]
+    gap = {"kind": "gap", "topic": "K", "from_seq": 7, "to_seq": 7, "epoch": "e"}
+    assert out["mismatch"] == {
+        "hole": "K",
+        "fresh": True,
+        "gap": {**gap, "previous": {"epoch": "e", "seq": 6}, "reason": "checksum"},
+    }
+    assert out["resync"] == [None, {}, []]
+    assert out["beat"] == [[], [], [{"hole": "A"}]]
 
 
 # -- the demo page ---------------------------------------------------------------------------
