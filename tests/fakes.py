@@ -200,10 +200,15 @@ class Harness:
 def make_channel(name: str = "ticker", **limits: Any) -> Harness:
     """A :class:`Channel` named ``name`` with ``limits`` overriding the defaults.
 
+    Its mode is ``stream`` unless ``limits`` say otherwise, whatever its name (``auto``
+    would make "ticker" a ``last`` channel): most tests are about numbering, fan-out and
+    limits, which every mode shares; the tests of ``last`` and ``book`` ask for them.
+
     The registry is fresh (never the global one) and a single :class:`FakeClock` drives the
     channel (admission window, and as its wall clock the delivery latency) and the metrics
     (last-error timestamps).
     """
+    limits.setdefault("mode", "stream")
     clock = FakeClock()
     registry = CollectorRegistry()
     metrics = GatewayMetrics(registry, clock=clock)

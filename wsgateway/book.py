@@ -37,8 +37,12 @@ _DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
 
 
 class InvalidDelta(ValueError):
-    """A book message that cannot be applied; ``str()`` names the field, e.g.
-    ``data.bids[0][1]: qty must be ...``."""
+    """A book message that cannot be applied: ``"<field>: <why>"``, e.g.
+    ``data.bids[0][1]: qty must be ...``, split into ``field`` and ``reason``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.field, _, self.reason = text.partition(": ")
 
 
 @dataclass(frozen=True, slots=True)

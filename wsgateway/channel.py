@@ -22,7 +22,7 @@ from os import write as os_write
 
 from . import protocol
 from .admission import Admission
-from .brokers.base import History, Position, Update
+from .brokers.base import History, Position, Snapshot, Update
 from .connection import Closer, Connection, Transport
 from .continuity import TopicPositions
 from .errors import Draining, ForbiddenTopic, Rejected, TooManyTopics
@@ -75,6 +75,10 @@ class Channel:
         self.limits = limits
         self.metrics = metrics
         self.private = name in PRIVATE_CHANNELS
+        #: stream, last or book (settings.Limits.mode_for)
+        self.mode = limits.mode_for(name)
+        #: a subscriber to a topic gets its state first (a ``snapshot`` frame)
+        self.snapshots = self.mode != "stream"
         self.draining = False
         self._clock = clock
         self._wall_clock = wall_clock  # the clock of Update.ts, for delivery latency
@@ -244,7 +248,8 @@ class Channel:
                 continue
             asked = since.get(topic)
             known = self.positions.get(topic)
-            if asked is None and known is not None:
+            # A last or book topic is joined with its snapshot, read from the broker.
+            if asked is None and known is not None and not self.snapshots:
                 joining.known[topic] = known
             else:
                 self._start_recovery(joining, Recovery(conn, topic, asked))
@@ -272,8 +277,10 @@ class Channel:
         conn = recovery.conn
         if recoveries is None or recoveries.get(conn) is not recovery:
             return None
-        outcome = recovery.merge(history, self._update_frame)
         topic = recovery.topic
+        outcome = recovery.merge(
+            history, self._update_frame, lambda snapshot: self._snapshot_frame(topic, snapshot)
+        )
         top = outcome.top
         relayed = self.positions.get(topic)
         if relayed is None:
@@ -428,6 +435,14 @@ class Channel:
         epoch = update.epoch if update.seq == 1 and update.epoch else None
         return protocol.text_frame(
             protocol.update(self.name, update.topic, update.seq, update.ts, update.data, epoch)
+        )
+
+    def _snapshot_frame(self, topic: str, snapshot: Snapshot) -> bytes:
+        position = snapshot.position
+        return protocol.text_frame(
+            protocol.snapshot(
+                self.name, topic, position.seq, position.epoch, snapshot.ts, snapshot.data
+            )
         )
 
     def _offer(self, recoveries: dict[Connection, Recovery], update: Update, frame: bytes) -> int:

@@ -61,6 +61,10 @@ DESCRIPTIONS = {
     "history_ttl": "seconds a topic's history outlives its last publish",
     "topic_ttl": "seconds a topic's numbering (epoch, seq) outlives its last publish",
     "max_replay": "most updates one resume replays",
+    "mode": "auto, stream, last or book; auto: last on ticker/market, book on orderbook",
+    "max_book_levels": "price levels a book topic keeps per side (the worst are dropped)",
+    "checksum": "book updates and snapshots carry a CRC32 of the top of the book",
+    "position_heartbeat": "seconds between position heartbeats unless a client asks (0: none)",
 }
 #: What an unset setting could look like, shown commented out.
 EXAMPLES: dict[str, Any] = {

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
-from .brokers import Broker, History, Message, Position, Resync, Update
+from .brokers import NO_POSITION, Broker, History, Message, Position, Resync, Snapshot, Update
 from .channel import REJECTION_LOG_INTERVAL, Channel, Joining
 from .cluster import Cluster
 from .connection import Connection
@@ -71,6 +71,8 @@ class Gateway:
             )
             for name in settings.channels
         }
+        #: the channels whose topics are order books: their publishes are book messages
+        self.books = frozenset(name for name, c in self.channels.items() if c.mode == "book")
         #: sockets of ended connections, each reset if still held after close_timeout
         self.sockets = SocketRelease(settings.close_timeout)
         registry.register(
@@ -109,7 +111,7 @@ class Gateway:
 
     async def publish_document(self, document: object) -> int:
         """Validate a publish body (one message or ``{"messages": [...]}``) and publish it."""
-        batch: list[Message] = parse_publish(document, self.settings.channels)
+        batch: list[Message] = parse_publish(document, self.settings.channels, self.books)
         if self.relay_failure is not None:
             # Accepting would lose the messages: nothing hands them to the channels.
             raise BrokerUnavailable(
@@ -162,21 +164,26 @@ class Gateway:
             return
         entries = {topic: _entry(position) for topic, position in joining.known.items()}
         entries.update((topic, _entry(position)) for topic, position in looked_up.items())
-        frames: list[bytes] = []
+        frames: list[tuple[bytes, bool]] = []  # (frame, is a snapshot)
         metrics = channel.metrics
         for recovery, history in zip(joining.pending, histories, strict=True):
             outcome = channel.complete(recovery, history)
             if outcome is None:
                 continue
             entries[recovery.topic] = outcome.reply_entry()
-            frames.extend(outcome.frames)
+            frames.extend(
+                (frame, i == 0 and outcome.snapshot) for i, frame in enumerate(outcome.frames)
+            )
             if outcome.recovered is not None:
                 metrics.resumes["recovered" if outcome.recovered else "not_recovered"].inc()
                 metrics.replayed.inc(outcome.replayed)
         positions = {t: entries[t] for t in joining.topics if t in entries}
         channel.send(conn, subscribed(joining.topics, request.id, positions), "reply")
-        for frame in frames:
-            channel.send_update(conn, frame)
+        for frame, is_snapshot in frames:
+            if is_snapshot:
+                channel.send_frame(conn, frame, "snapshot")
+            else:
+                channel.send_update(conn, frame)
         if request.heartbeat is not None:
             # After the reply and its replay: set only by a subscribe that succeeded.
             channel.set_heartbeat(conn, request.heartbeat)
@@ -220,17 +227,37 @@ class Gateway:
         known = joining.known
         asked = [r.topic for r in joining.pending if r.since is None and r.topic not in known]
         asked += joining.lookup
+        fresh: list[str] = []  # joined with a snapshot: a last or book topic without since
+        if channel.snapshots:
+            fresh = [r.topic for r in joining.pending if r.since is None]
+            asked = [topic for topic in asked if topic not in fresh]
         positions = await broker.positions(name, asked) if asked else {}
         positions.update(known)
         resumed = {r.topic: r.since for r in joining.pending if r.since is not None}
-        answers = await asyncio.gather(
-            *(broker.history(name, topic, since, limit) for topic, since in resumed.items())
+        answers, read = await asyncio.gather(
+            asyncio.gather(
+                *(broker.history(name, topic, since, limit) for topic, since in resumed.items())
+            ),
+            asyncio.gather(*(broker.snapshot(name, topic) for topic in fresh)),
         )
         by_topic = dict(zip(resumed, answers, strict=True))
-        histories = [
-            by_topic[r.topic] if r.since is not None else History(positions[r.topic], [])
-            for r in joining.pending
-        ]
+        snapshots = dict(zip(fresh, read, strict=True))
+        if channel.snapshots:
+            # Not recovered: the client is made whole again with the topic's snapshot.
+            lost = [t for t, h in by_topic.items() if h.updates is None and h.position.seq]
+            for topic, snapshot in zip(
+                lost, await asyncio.gather(*(broker.snapshot(name, t) for t in lost)), strict=True
+            ):
+                snapshots[topic] = snapshot
+                by_topic[topic] = _with_snapshot(by_topic[topic], snapshot)
+        histories = []
+        for r in joining.pending:
+            if r.since is not None:
+                histories.append(by_topic[r.topic])
+            elif r.topic in snapshots:
+                histories.append(_with_snapshot(None, snapshots[r.topic]))
+            else:
+                histories.append(History(positions[r.topic], []))
         return histories, {topic: positions[topic] for topic in joining.lookup}
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -514,6 +541,13 @@ class Gateway:
         )
         view["nodes"] = [] if self.cluster is None else self.cluster.view()
         return view
+
+
+def _with_snapshot(history: History | None, snapshot: Snapshot | None) -> History:
+    """The broker's answer for a topic joined with its snapshot (None: it has no state)."""
+    if snapshot is None:
+        return history if history is not None else History(NO_POSITION, [])
+    return History(snapshot.position, None, snapshot)
 
 
 def _entry(position: Position) -> dict[str, Any]:

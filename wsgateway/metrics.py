@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .brokers.base import BrokerStats
 from .scrape import Counter, Gauge, Histogram
-from .settings import FLOAT_LIMITS, Limits
+from .settings import FLOAT_LIMITS, NON_NUMERIC_LIMITS, Limits
 from .workermetrics import WORKER_LABEL, WORKER_UP
 
 # Closed label sets. Pre-created at start so every series exists (at 0) from the first scrape.
@@ -49,7 +49,7 @@ FAIL_REASONS = ("slow_consumer", "connection_lost", "shutdown")
 #: topic's continuity broke, ``heartbeat`` is the position report a client asked for with
 #: ``"heartbeat"`` in a subscribe. Updates, replayed ones included, are
 #: ``wsgateway_updates_sent_total``.
-FRAME_KINDS = ("reply", "error", "pong", "reset", "heartbeat")
+FRAME_KINDS = ("reply", "error", "pong", "reset", "heartbeat", "snapshot")
 ERROR_TYPES = ("slow_consumer", "heartbeat_timeout", "connection_reset", "send_failed", "internal")
 DISCONNECT_REASONS = (
     "client_closed",
@@ -108,6 +108,8 @@ LIMIT_METRICS: dict[str, tuple[str, float]] = {
     "history_ttl": ("wsgateway_limit_seconds", 1),
     "topic_ttl": ("wsgateway_limit_seconds", 1),
     "max_replay": ("wsgateway_limit_updates", 1),
+    "max_book_levels": ("wsgateway_limit_levels", 1),
+    "position_heartbeat": ("wsgateway_limit_seconds", 1),
 }
 _LIMIT_HELP = {
     "wsgateway_limit_per_second": "Configured rate limits of a channel, per second, by setting",
@@ -117,6 +119,7 @@ _LIMIT_HELP = {
     "wsgateway_limit_bytes": "Configured size limits of a channel, in bytes, by setting",
     "wsgateway_limit_seconds": "Configured durations of a channel, in seconds, by setting",
     "wsgateway_limit_updates": "Configured history and replay lengths of a channel, in updates",
+    "wsgateway_limit_levels": "Configured price levels a book topic keeps per side",
 }
 
 
@@ -412,6 +415,7 @@ class StateCollector(Collector):
         return [
             *self._families(),
             *self._limit_families().values(),
+            self._mode_family(),
             *self._broker_counters(BrokerStats()),
         ]
 
@@ -427,8 +431,12 @@ class StateCollector(Collector):
             outbox.add_metric([state.channel], state.outbox_bytes)
             largest.add_metric([state.channel], state.outbox_largest_bytes)
         limits = self._limit_families()
+        mode = self._mode_family()
         for channel, values in self._limits.items():
+            mode.add_metric([channel, values.mode_for(channel)], 1.0)
             for item in fields(values):
+                if item.name in NON_NUMERIC_LIMITS:
+                    continue
                 name, factor = LIMIT_METRICS[item.name]
                 value = float(getattr(values, item.name)) * factor
                 limits[name].add_metric([channel, item.name], value)
@@ -437,8 +445,17 @@ class StateCollector(Collector):
         return [
             *families,
             *limits.values(),
+            mode,
             *self._broker_counters(self._broker_stats()),
         ]
+
+    @staticmethod
+    def _mode_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "wsgateway_channel_mode",
+            "The topic mode of a channel (stream, last or book): 1 for its mode",
+            labels=["channel", "mode"],
+        )
 
     @staticmethod
     def _limit_families() -> dict[str, GaugeMetricFamily]:
@@ -587,6 +604,7 @@ def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[st
             "slow_consumers": 0,
             "rejected": {reason: 0 for reason in REJECT_REASONS},
             "rate_limits": {},
+            "mode": None,
             "limits": {},
         }
         for name in channels
@@ -633,6 +651,8 @@ def to_json(registry: Collector, channels: Sequence[str], now: float) -> dict[st
             setting = labels["setting"]
             value /= LIMIT_METRICS[setting][1]  # back to the setting's own unit
             channel["limits"][setting] = value if setting in FLOAT_LIMITS else round(value)
+        elif name == "wsgateway_channel_mode" and value == 1:
+            channel["mode"] = labels["mode"]
         elif name == "wsgateway_delivery_latency_seconds_bucket":
             counts = latency_buckets[labels["channel"]]
             le = float(labels["le"])

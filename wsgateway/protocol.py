@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from .book import InvalidDelta, parse_delta
 from .brokers.base import Message, Position
 from .errors import (
     BadJson,
@@ -240,14 +241,39 @@ def error(code: str, message: str, request_id: RequestId = None, **extra: Any) -
 
 
 def update(
-    channel: str, topic: str, seq: int, ts: float, data: Any, epoch: str | None = None
+    channel: str,
+    topic: str,
+    seq: int,
+    ts: float,
+    data: Any,
+    epoch: str | None = None,
+    from_seq: int | None = None,
 ) -> bytes:
-    """An update frame; ``epoch`` is given on the first update of an epoch (seq 1)."""
-    body = {"type": "update", "channel": channel, "topic": topic, "seq": seq, "ts": ts}
+    """An update frame; ``epoch`` is given on the first update of an epoch (seq 1), and
+    ``from_seq`` on a conflated one: it replaces the updates ``from_seq``..``seq``."""
+    body = {"type": "update", "channel": channel, "topic": topic, "seq": seq}
+    if from_seq is not None:
+        body["from_seq"] = from_seq
+    body["ts"] = ts
     if epoch is not None:
         body["epoch"] = epoch
     body["data"] = data
     return orjson.dumps(body)
+
+
+def snapshot(channel: str, topic: str, seq: int, epoch: str, ts: float, data: Any) -> bytes:
+    """A topic's state at ``(epoch, seq)``: its latest value, or its whole book."""
+    return orjson.dumps(
+        {
+            "type": "snapshot",
+            "channel": channel,
+            "topic": topic,
+            "seq": seq,
+            "epoch": epoch,
+            "ts": ts,
+            "data": data,
+        }
+    )
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -350,27 +376,36 @@ def _parse_exact(body: bytes) -> object:
         raise PublishError("body", "nested too deeply") from None
 
 
-def parse_publish(document: object, channels: Collection[str]) -> list[Message]:
+def parse_publish(
+    document: object, channels: Collection[str], books: Collection[str] = ()
+) -> list[Message]:
     """Validate a ``POST /api/publish`` body: one message or ``{"messages": [...]}``.
 
     Raises :class:`PublishError` whose ``field`` names the offending part, e.g.
     ``messages[3].topic``. Each message's ``data`` is encoded here, once: data that cannot
     be encoded is refused now rather than dropped at broadcast after taking a ``seq``, and
     the broadcast embeds the bytes (an :class:`orjson.Fragment`) instead of encoding again.
+    On the channels in ``books`` (mode ``book``), ``data`` must be a book message: it becomes
+    a :class:`~wsgateway.book.Delta` (a bad one is refused with the field at fault), which
+    the broker applies to the topic's book.
     """
     if not isinstance(document, dict):
         raise PublishError("body", f"expected a JSON object, got {_json_kind(document)}")
     if "messages" not in document:
-        return [_publish_message(document, "", channels)]
+        return [_publish_message(document, "", channels, books)]
     items = document["messages"]
     if not isinstance(items, list) or not items:
         raise PublishError("messages", "expected a non-empty list of messages")
     if len(items) > MAX_PUBLISH_BATCH:
         raise PublishError("messages", f"at most {MAX_PUBLISH_BATCH} messages per request")
-    return [_publish_message(item, f"messages[{i}].", channels) for i, item in enumerate(items)]
+    return [
+        _publish_message(item, f"messages[{i}].", channels, books) for i, item in enumerate(items)
+    ]
 
 
-def _publish_message(item: object, where: str, channels: Collection[str]) -> Message:
+def _publish_message(
+    item: object, where: str, channels: Collection[str], books: Collection[str]
+) -> Message:
     if not isinstance(item, dict):
         raise PublishError(
             where.rstrip(".") or "body", f"expected a JSON object, got {_json_kind(item)}"
@@ -389,6 +424,11 @@ def _publish_message(item: object, where: str, channels: Collection[str]) -> Mes
         )
     if "data" not in item:
         raise PublishError(f"{where}data", "required")
+    if channel in books:
+        try:
+            return Message(channel, str(topic), parse_delta(item["data"], f"{where}data"))
+        except InvalidDelta as exc:
+            raise PublishError(exc.field, exc.reason) from None
     return Message(channel, str(topic), encode_data(item["data"], f"{where}data"))
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .brokers.base import History, Position, Update
+from .brokers.base import History, Position, Snapshot, Update
 
 
 class Step(enum.Enum):
@@ -47,6 +47,8 @@ class Outcome:
     frames: list[bytes]
     #: updates of ``frames`` that came from the broker's history
     replayed: int
+    #: True when ``frames`` start with a snapshot of the topic at ``position``
+    snapshot: bool = False
 
     def reply_entry(self) -> dict[str, Any]:
         """This topic's entry in the ``subscribed`` reply's ``positions``."""
@@ -88,17 +90,34 @@ class Recovery:
         self._buffer.clear()
         self._forced = position
 
-    def merge(self, history: History, frame_of: Callable[[Update], bytes]) -> Outcome:
+    def merge(
+        self,
+        history: History,
+        frame_of: Callable[[Update], bytes],
+        snapshot_of: Callable[[Snapshot], bytes] | None = None,
+    ) -> Outcome:
         """Combine the broker's answer with the buffered live updates; the recovery then
-        catches up from the outcome's position."""
+        catches up from the outcome's position.
+
+        A snapshot in the answer (a last or book topic, joined afresh or not recovered)
+        goes first, in place of the missed updates: it reflects every update up to its
+        position, and the buffered ones past it follow."""
         since = self.since
         position = history.position
         frames: list[bytes] = []
         recovered: bool | None = None
         replayed = 0
+        snapshot = history.snapshot
+        sent_snapshot = False
         if self._forced is not None:
+            # (a snapshot read before is of a past the topic restarted from: not sent)
             position = self._forced
             recovered = False if since is not None else None
+        elif snapshot is not None and snapshot_of is not None and history.updates is None:
+            position = snapshot.position
+            recovered = False if since is not None else None
+            frames.append(snapshot_of(snapshot))
+            sent_snapshot = True
         elif since is not None:
             recovered = history.updates is not None
             if history.updates is not None:
@@ -118,4 +137,4 @@ class Recovery:
         self._buffer.clear()
         self.step = Step.CATCHING_UP
         self.top = top
-        return Outcome(position, top, recovered, frames, replayed)
+        return Outcome(position, top, recovered, frames, replayed, sent_snapshot)

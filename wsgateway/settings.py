@@ -53,9 +53,29 @@ class Limits:
     topic_ttl: float = 86_400.0
     #: most updates one resume replays; a client further behind gets recovered: false
     max_replay: int = 1000
+    #: what a topic keeps and how slow clients are served (protocol.md, "Topic modes"):
+    #: stream, last, book, or auto (last on ticker and market, book on orderbook, else stream)
+    mode: str = "auto"
+    #: price levels a book topic keeps per side; the worst beyond it are dropped
+    max_book_levels: int = 1000
+    #: book updates and snapshots carry a CRC32 of the top of the book
+    checksum: bool = True
+    #: seconds between position heartbeats for every connection that did not ask (0: none)
+    position_heartbeat: int = 0
+
+    def mode_for(self, channel: str) -> str:
+        """The topic mode of ``channel`` under these limits (``auto`` resolved)."""
+        if self.mode != "auto":
+            return self.mode
+        return AUTO_MODES.get(channel, "stream")
 
 
+MODES = ("auto", "stream", "last", "book")
+#: the mode ``auto`` gives a channel: the conventions of the default channels' names
+AUTO_MODES = {"ticker": "last", "market": "last", "orderbook": "book"}
 LIMIT_NAMES = tuple(f.name for f in dataclasses.fields(Limits))
+#: limits that are not numbers: no wsgateway_limit_* gauge (mode has wsgateway_channel_mode)
+NON_NUMERIC_LIMITS = frozenset({"mode", "checksum"})
 # Smallest value each limit may take: zero would make a channel unusable, not "unlimited".
 _LIMIT_MINIMUM: dict[str, float] = {
     "connections_per_minute": 1,
@@ -74,6 +94,8 @@ _LIMIT_MINIMUM: dict[str, float] = {
     "history_ttl": 1.0,
     "topic_ttl": 1.0,
     "max_replay": 1,
+    "max_book_levels": 10,
+    "position_heartbeat": 0,
 }
 # Limits measured in (fractions of) seconds; the others are whole numbers.
 _LIMIT_MAXIMUM_SECONDS = {
@@ -316,6 +338,15 @@ def _build(
                 where, table, "not a configured channel; configured: " + ", ".join(channels)
             )
         overrides[channel] = _limits(where, defaults, table)
+    if "user" in channels:
+        mode = overrides.get("user", defaults).mode_for("user")
+        if mode != "stream":
+            raise SettingsError(
+                "channel.user.mode",
+                mode,
+                "the user channel carries private messages, which are never conflated or "
+                "replaced: only stream",
+            )
     return Settings(
         host=host,
         port=port,
@@ -359,7 +390,13 @@ def _limits(where: str, base: Limits, values: Mapping[str, Any]) -> Limits:
     checked: dict[str, Any] = {}
     for name, value in values.items():
         setting = name if where == "defaults" else f"{where}.{name}"
-        if name in FLOAT_LIMITS:
+        if name == "mode":
+            checked[name] = _choice(setting, value, MODES)
+        elif name == "checksum":
+            checked[name] = _boolean(setting, value)
+        elif name == "position_heartbeat":
+            checked[name] = _integer(setting, value, 0, 3600)
+        elif name in FLOAT_LIMITS:
             checked[name] = _number(
                 setting, value, _LIMIT_MINIMUM[name], _LIMIT_MAXIMUM_SECONDS[name]
             )
@@ -412,6 +449,20 @@ def _integer(setting: str, value: object, low: int, high: int) -> int:
     if number is None or not low <= number <= high:
         raise SettingsError(setting, value, f"expected an integer from {low} to {high}")
     return number
+
+
+def _choice(setting: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in allowed:
+        raise SettingsError(setting, value, "allowed: " + ", ".join(allowed))
+    return value.strip().lower()
+
+
+def _boolean(setting: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise SettingsError(setting, value, "expected true or false")
 
 
 def _number(setting: str, value: object, low: float, high: float) -> float:

@@ -19,6 +19,7 @@ from .base import (
     Message,
     Position,
     Resync,
+    Snapshot,
     Update,
 )
 from .memory import MemoryBroker
@@ -34,6 +35,7 @@ __all__ = [
     "Message",
     "Position",
     "Resync",
+    "Snapshot",
     "Update",
     "create_broker",
     "history_policies",
@@ -45,7 +47,14 @@ def history_policies(settings: Settings) -> dict[str, HistoryPolicy]:
     policies = {}
     for name in settings.channels:
         limits = settings.limits_for(name)
-        policies[name] = HistoryPolicy(limits.history_size, limits.history_ttl, limits.topic_ttl)
+        policies[name] = HistoryPolicy(
+            limits.history_size,
+            limits.history_ttl,
+            limits.topic_ttl,
+            limits.mode_for(name),
+            limits.max_book_levels,
+            limits.checksum,
+        )
     return policies
 
 

@@ -53,6 +53,17 @@ NO_POSITION = Position("", 0)
 
 
 @dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A ``last`` or ``book`` topic's state at ``position``: the value (or the whole book,
+    as book.delta_data makes it) that reflects every update up to it. ``ts`` is the ``ts``
+    of the update at ``position``."""
+
+    position: Position
+    ts: float
+    data: Any
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     """The answer to :meth:`Broker.history`."""
 
@@ -61,6 +72,10 @@ class History:
     #: the updates after the asked seq up to ``position``, in order, when the broker could
     #: give all of them (same epoch, not trimmed or expired, at most ``limit``); else None
     updates: Sequence[Update] | None
+    #: the topic's state at ``position``, to be sent instead of the updates (a subscribe to
+    #: a last or book topic, or a resume that could not be recovered); filled in by the
+    #: gateway from :meth:`Broker.snapshot`
+    snapshot: Snapshot | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,13 @@ class HistoryPolicy:
     #: seconds a topic's numbering (epoch, seq) outlives its last publish; after it the
     #: broker forgets the topic and its next publish starts a new epoch
     topic_ttl: float = 86_400.0
+    #: what else a topic keeps, with its numbering and for as long: nothing (stream), its
+    #: latest value (last) or its order book (book, messages are book.Delta)
+    mode: str = "stream"
+    #: price levels a book keeps per side
+    max_book_levels: int = 1000
+    #: book updates carry the checksum of the book after them
+    checksum: bool = True
 
 
 def recent(
@@ -164,6 +186,11 @@ class Broker(Protocol):
     async def history(self, channel: str, topic: str, since: Position, limit: int) -> History:
         """The updates of ``topic`` after ``since.seq``, when all of them (at most
         ``limit``) are still kept in ``since.epoch``."""
+        ...
+
+    async def snapshot(self, channel: str, topic: str) -> Snapshot | None:
+        """The state of a ``last`` or ``book`` topic with its position, read together; None
+        for a topic without state (or on a ``stream`` channel)."""
         ...
 
     def stats(self) -> BrokerStats: ...

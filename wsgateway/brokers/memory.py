@@ -1,10 +1,11 @@
 """The in-memory broker: one process, no network; the embedded default.
 
 Besides numbering and queueing, it keeps what a Redis broker keeps, in the same bounds: per
-topic an epoch, the last seq and the last ``history_size`` updates. A topic's history is
-dropped once it is ``history_ttl`` old and its numbering once the topic has been idle for
-``topic_ttl`` (its next publish starts a new epoch), so per-topic state is bounded by the
-topics published recently, not by every topic ever published.
+topic an epoch, the last seq and the last ``history_size`` updates, and on ``last`` and
+``book`` channels the latest value or the order book (book.py), applied in seq order. A
+topic's history is dropped once it is ``history_ttl`` old and its numbering once the topic
+has been idle for ``topic_ttl`` (its next publish starts a new epoch), so per-topic state is
+bounded by the topics published recently, not by every topic ever published.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
+import orjson
+
+from ..book import Book, delta_data
 from .base import (
     NO_POSITION,
     BrokerStats,
@@ -24,6 +29,7 @@ from .base import (
     Message,
     Position,
     Resync,
+    Snapshot,
     Update,
     recent,
 )
@@ -43,15 +49,39 @@ def new_epoch() -> str:
 
 
 class TopicState:
-    """One topic's numbering and history."""
+    """One topic's numbering and history, and its latest value or its book."""
 
-    __slots__ = ("epoch", "history", "last_publish", "seq")
+    __slots__ = ("book", "epoch", "history", "last_publish", "seq", "value")
 
-    def __init__(self, epoch: str, size: int) -> None:
+    def __init__(self, epoch: str, policy: HistoryPolicy) -> None:
         self.epoch = epoch
         self.seq = 0
         self.last_publish = 0.0
-        self.history: deque[Update] = deque(maxlen=size)
+        self.history: deque[Update] = deque(maxlen=policy.size)
+        #: the data of the latest update (mode last)
+        self.value: Any = None
+        self.book = Book(policy.max_book_levels) if policy.mode == "book" else None
+
+    def apply(self, data: Any, checksum: bool) -> Any:
+        """Keep what the update's ``data`` changes; returns the update's data as sent (for
+        a book: what changed, with the checksum, book.py)."""
+        book = self.book
+        if book is None:
+            self.value = data
+            return data
+        changes = book.apply(data)
+        return orjson.Fragment(
+            orjson.dumps(delta_data(changes, book.checksum() if checksum else None))
+        )
+
+    def snapshot(self, checksum: bool) -> Snapshot:
+        book = self.book
+        ts = self.last_publish
+        position = Position(self.epoch, self.seq)
+        if book is None:
+            return Snapshot(position, ts, self.value)
+        data = delta_data(book.snapshot(), book.checksum() if checksum else None)
+        return Snapshot(position, ts, orjson.Fragment(orjson.dumps(data)))
 
 
 class MemoryBroker:
@@ -117,16 +147,17 @@ class MemoryBroker:
             for message in messages:
                 key = (message.channel, message.topic)
                 state = topics.get(key)
+                policy = self.policy(message.channel)
                 if state is None:
-                    size = self.policy(message.channel).size
-                    state = topics[key] = TopicState(new_epoch(), size)
+                    state = topics[key] = TopicState(new_epoch(), policy)
                 else:
                     topics.move_to_end(key)
                 state.seq += 1
                 state.last_publish = now
-                update = Update(
-                    message.channel, message.topic, state.seq, now, message.data, state.epoch
-                )
+                data = message.data
+                if policy.mode != "stream":
+                    data = state.apply(data, policy.checksum)
+                update = Update(message.channel, message.topic, state.seq, now, data, state.epoch)
                 batch.append(update)
                 if state.history.maxlen:
                     state.history.append(update)
@@ -210,6 +241,13 @@ class MemoryBroker:
             return History(NO_POSITION, recent((), NO_POSITION, since, limit))
         position = Position(state.epoch, state.seq)
         return History(position, recent(state.history, position, since, limit))
+
+    async def snapshot(self, channel: str, topic: str) -> Snapshot | None:
+        policy = self.policy(channel)
+        state = self._state(channel, topic)
+        if state is None or policy.mode == "stream":
+            return None
+        return state.snapshot(policy.checksum)
 
     def stats(self) -> BrokerStats:
         return BrokerStats()

@@ -66,6 +66,7 @@ from .base import (
     Message,
     Position,
     Resync,
+    Snapshot,
     Update,
     recent,
 )
@@ -449,6 +450,9 @@ class RedisBroker:
         position = Position(epoch.decode(), int(top))
         updates = [decode_entry(channel, topic, position.epoch, entry) for entry in entries]
         return History(position, recent(updates, position, since, limit))
+
+    async def snapshot(self, channel: str, topic: str) -> Snapshot | None:
+        raise NotImplementedError("last and book modes on redis: in progress")
 
     def stats(self) -> BrokerStats:
         return BrokerStats(self._reconnects, self._publish_errors, self._probe_failures)
