@@ -13,15 +13,19 @@ each test imports ``/client.js`` into it and records what the client yields in
 from __future__ import annotations
 
 import asyncio
+import json
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import pytest
+import websockets
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from wsgateway.book import Book, checksum, parse_delta
 from wsgateway.settings import Settings
 from wsgateway.web import DEMO_CSP
 
@@ -357,6 +361,33 @@ import("/client.js").then((m) => {
     (e) => [e.kind, e.seq, e.epoch]);
   out.unknown_topic = s.onUpdate({ topic: "Z", seq: 1 });
   try { new m.Client("", "ticker", ["*"]); } catch (error) { out.star = error.name; }
+  // Books: CRC32 and the checksum as wsgateway.book computes them; snapshots, conflated
+  // updates, a checksum mismatch (a fresh hole), heartbeats.
+  out.crc = [m.crc32(""), m.crc32("hello")];
+  const book = new m.Book();
+  book.apply({
+    bids: [["100", "1"], ["99.5", "2"], ["100.25", "3"]],
+    asks: [["101", "1"], ["1000", "2"], ["200", "0"]],
+  });
+  out.book = [book.bids(), book.asks(), book.checksum()];
+  const k = new m.Streams(["K"]);
+  k.onSubscribed({ K: { seq: 3, epoch: "e" } });
+  const snap = { bids: [["100", "1"]], asks: [["101", "1"]] };
+  snap.checksum = m.bookChecksum(snap.bids, snap.asks);
+  out.snapshot = k.onSnapshot({ type: "snapshot", topic: "K", seq: 3, epoch: "e", data: snap })
+    .map((e) => e.kind);
+  const moved = m.bookChecksum([["100", "2"]], [["101", "1"]]);
+  const bookUpdate = (seq, bids) => k.onUpdate({ topic: "K", seq, data: { bids } });
+  out.conflated = k.onUpdate({
+    topic: "K", seq: 6, from_seq: 4, data: { bids: [["100", "2"]], asks: [], checksum: moved },
+  }).map((e) => [e.kind, e.seq, e.from_seq]);
+  out.mismatch = k.onUpdate({ topic: "K", seq: 7, data: { bids: [["99", "1"]], checksum: 1 } });
+  out.resync = [k.book("K"), k.since(["K"]), bookUpdate(8, [])];
+  out.beat = [
+    k.onHeartbeat({ topics: { K: { seq: 9, epoch: "e" } } }),  // resyncing: not a hole
+    s.onHeartbeat({ topics: { A: { seq: 1, epoch: "e3" } } }),
+    s.onHeartbeat({ topics: { A: { seq: 2, epoch: "e3" } } }),
+  ];
   done(out);
 }, (error) => done(String(error)));
 """
@@ -399,6 +430,7 @@ async def test_the_pure_parts_follow_the_python_sdk(browser: WebDriver) -> None:
             "to_seq": 20,
             "epoch": "e1",
             "previous": {"epoch": "e1", "seq": 10},
+            "reason": "lost",
         }
     ]
     assert out["new_epoch"] == [["gap", 1, 2, "e2"], ["update", 3, None, "e2"]]
@@ -410,6 +442,25 @@ async def test_the_pure_parts_follow_the_python_sdk(browser: WebDriver) -> None:
     assert out["fresh_first"] == [["update", 1, "x"]]
     assert out["unknown_topic"] == []
     assert out["star"] == "TypeError"
+    assert out["crc"] == [zlib.crc32(b""), zlib.crc32(b"hello")]
+    levels = {
+        "bids": [["100", "1"], ["99.5", "2"], ["100.25", "3"]],
+        "asks": [["101", "1"], ["1000", "2"], ["200", "0"]],
+    }
+    book = Book()
+    book.apply(parse_delta(levels))
+    bids, asks = book.bids.levels(), book.asks.levels()
+    assert out["book"] == [[list(b) for b in bids], [list(a) for a in asks], book.checksum()]
+    assert out["snapshot"] == ["snapshot"]
+    assert out["conflated"] == [["update", 6, 4]]
+    gap = {"kind": "gap", "topic": "K", "from_seq": 7, "to_seq": 7, "epoch": "e"}
+    assert out["mismatch"] == {
+        "hole": "K",
+        "fresh": True,
+        "gap": {**gap, "previous": {"epoch": "e", "seq": 6}, "reason": "checksum"},
+    }
+    assert out["resync"] == [None, {}, []]
+    assert out["beat"] == [[], [], [{"hole": "A"}]]
 
 
 # -- the demo page ---------------------------------------------------------------------------
@@ -471,6 +522,96 @@ async def test_the_demo_page_shows_the_demo_feed_live(browser: WebDriver) -> Non
             if entry["level"] == "SEVERE"
         ]
     assert errors == []  # no CSP refusal, no script error
+
+
+BOOK_STATE = """
+const section = document.getElementById("book");
+const pill = document.getElementById("checksum");
+const rows = (id) => Array.from(
+  document.querySelectorAll(`#${id} tr`), (tr) => [tr.dataset.price, tr.dataset.qty]);
+return {
+  state: document.getElementById("state-orderbook").dataset.state,
+  topic: section.dataset.topic ?? null, seq: Number(section.dataset.seq),
+  epoch: section.dataset.epoch ?? null, checksum: Number(section.dataset.checksum),
+  check: pill.dataset.state, verified: Number(pill.dataset.verified),
+  mismatches: Number(pill.dataset.mismatches), gaps: document.getElementById("gaps").dataset.value,
+  reconnects: Number(document.getElementById("resumes").dataset.value),
+  bids: rows("bid-rows"), asks: rows("ask-rows"),
+};
+"""
+
+
+async def book_shown(browser: WebDriver, condition: str, what: str) -> dict[str, Any]:
+    shown: dict[str, Any] = await wait_for(
+        browser, f"const b = (() => {{ {BOOK_STATE} }})(); return ({condition}) && b;", what
+    )
+    return shown
+
+
+def assert_consistent(shown: dict[str, Any]) -> None:
+    """Best bid below best ask, and the checksum the page shows is the one wsgateway.book
+    computes from the levels it shows (the best 10 a side: the checksum's depth)."""
+    bids = [tuple(level) for level in shown["bids"]]
+    asks = [tuple(level) for level in shown["asks"]]
+    assert len(bids) == len(asks) == 10, shown
+    assert float(bids[0][0]) < float(asks[0][0]), shown
+    assert [float(p) for p, _ in bids] == sorted((float(p) for p, _ in bids), reverse=True)
+    assert [float(p) for p, _ in asks] == sorted(float(p) for p, _ in asks)
+    assert shown["checksum"] == checksum(bids, asks)
+
+
+async def server_checksum(node: GatewayNode, topic: str, epoch: str, seq: int) -> int:
+    """The checksum the gateway sent with update ``seq`` of ``topic`` (replayed from its
+    history by a subscribe with ``since``)."""
+    url = f"ws://{node.address}/ws/orderbook"
+    since = {topic: {"seq": seq - 1, "epoch": epoch}}
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topics": [topic], "since": since}))
+        async with asyncio.timeout(WAIT):
+            while True:
+                frame = json.loads(await ws.recv())
+                assert frame["type"] != "error", frame
+                if frame["type"] == "subscribed":
+                    assert frame["positions"][topic]["recovered"] is True, frame
+                if frame["type"] == "update" and frame["seq"] == seq:
+                    crc: int = frame["data"]["checksum"]
+                    return crc
+
+
+async def test_the_demo_page_keeps_a_checked_order_book_across_a_cut(
+    browser: WebDriver,
+) -> None:
+    with GatewayNode(*OPEN, "--demo") as node:
+        async with relay_to(node.port) as relay:
+            await open_page(browser, relay.url + "/demo")
+            ready = (
+                "b.state === 'open' && b.check === 'ok' && b.verified >= 4 && b.bids.length === 10"
+            )
+            shown = await book_shown(browser, ready, "a checked book of 10 levels a side")
+            assert shown["topic"] == "BTC-USD" and shown["mismatches"] == 0
+            assert_consistent(shown)
+            assert shown["checksum"] == await server_checksum(
+                node, "BTC-USD", shown["epoch"], shown["seq"]
+            )
+            assert relay.cut() >= 1
+            after = await book_shown(
+                browser,
+                f"b.reconnects >= 1 && b.state === 'open' && b.seq > {shown['seq']} + 4"
+                f" && b.verified > {shown['verified']} + 4",
+                "the book to go on after the cut",
+            )
+            assert after["check"] == "ok" and after["mismatches"] == 0, after
+            assert after["gaps"] == "0"  # resumed with since: nothing lost
+            assert_consistent(after)
+            assert after["checksum"] == await server_checksum(
+                node, "BTC-USD", after["epoch"], after["seq"]
+            )
+            errors = [
+                entry["message"]
+                for entry in await in_thread(browser.get_log, "browser")
+                if entry["level"] == "SEVERE"
+            ]
+    assert errors == []
 
 
 # -- plain HTTP --------------------------------------------------------------------------------

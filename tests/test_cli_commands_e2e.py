@@ -136,8 +136,8 @@ def strict_node(tmp_path: Path) -> Iterator[GatewayNode]:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["subscribe", "nope", "X"], 'HTTP 404 {"error":"unknown_channel"'),
-        (["subscribe", "user", "alice"], 'HTTP 401 {"error":"unauthorized"'),
+        (["subscribe", "nope", "X"], "HTTP 404 unknown_channel: "),
+        (["subscribe", "user", "alice"], "HTTP 401 unauthorized: "),
         (["subscribe", "ticker", "BTC USD"], "answered the subscribe with invalid_topic: "),
         (["subscribe", "ticker", "A", "B"], "answered the subscribe with too_many_topics: "),
         (["publish", "ticker", "A", "{}"], "answered 401 (Authorization)"),
@@ -156,7 +156,7 @@ def test_subscribe_ends_with_the_gateways_words(
 def test_refusals_for_capacity_and_another_users_topic(strict_node: GatewayNode) -> None:
     with connect(f"ws://{strict_node.address}/ws/trades"):
         code, _, err = finish(start("subscribe", "trades", "X", "--url", strict_node.http))
-    assert code == 1 and 'HTTP 503 {"error":"capacity"' in err, err
+    assert code == 1 and "HTTP 503 capacity: " in err, err
     token = wsgateway("token", "--sub", "alice", env={"WSGATEWAY_JWT_SECRET": JWT_SECRET})
     assert token.returncode == 0, token.stderr
     code, _, err = finish(

@@ -13,10 +13,13 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from wsgateway.book import checksum
 from wsgateway.client import (
     Client,
+    ClosedByGateway,
     ConnectRefused,
     Gap,
+    Snapshot,
     SubscribeRefused,
     TokenExpired,
     Update,
@@ -276,6 +279,112 @@ async def test_close_ends_the_iteration_while_it_waits(
     await asyncio.wait_for(subscribed.wait(), 5)
     await client.close()
     assert await asyncio.wait_for(reader, 5) == []
+    assert await client_tasks_left() == []
+
+
+def levels(*pairs: tuple[str, str]) -> list[list[str]]:
+    return [list(pair) for pair in pairs]
+
+
+async def book(
+    ws: web.WebSocketResponse, kind: str, seq: int, data: dict[str, Any], **extra: Any
+) -> None:
+    await send(ws, type=kind, channel="orderbook", topic="A", seq=seq, ts=2.0, data=data, **extra)
+
+
+async def test_a_book_from_a_snapshot_and_deltas_and_a_checksum_mismatch_takes_a_fresh_one(
+    scripted: Callable[..., Awaitable[str]],
+) -> None:
+    seen: list[dict[str, Any]] = []
+    good = [("100", "1")], [("101", "2")]
+    moved = [("100", "1")], [("101", "2"), ("102", "5")]
+
+    async def script(ws: web.WebSocketResponse) -> None:
+        seen.append(request := await receive(ws))
+        await subscribed(ws, request, 3, "E")
+        await book(
+            ws,
+            "snapshot",
+            3,
+            {"bids": levels(*good[0]), "asks": levels(*good[1]), "checksum": checksum(*good)},
+            epoch="E",
+        )
+        await book(
+            ws, "update", 4, {"bids": [], "asks": [["102", "5"]], "checksum": checksum(*moved)}
+        )
+        # a conflated frame (from_seq) whose checksum says the client's book went wrong
+        await book(ws, "update", 6, {"bids": [["100", "7"]], "asks": [], "checksum": 1}, from_seq=5)
+        await book(ws, "update", 7, {"bids": [["99", "1"]], "asks": []})  # still in flight: dropped
+        seen.append(await receive(ws))
+        await send(ws, type="unsubscribed", topics=["A"], id=seen[-1]["id"])
+        seen.append(request := await receive(ws))
+        await subscribed(ws, request, 8, "E")
+        fresh = [("100", "7"), ("99", "1")], [("101", "2")]
+        data = {"bids": levels(*fresh[0]), "asks": levels(*fresh[1]), "checksum": checksum(*fresh)}
+        await book(ws, "snapshot", 8, data, epoch="E")
+        await hold(ws)
+
+    url = await scripted(script)
+    async with Client(url, "orderbook", ["A"], backoff=FAST) as client:
+        events = await take(client, 4)
+        held = client.book("A")
+        assert held is not None
+        assert (held.bids.levels(), held.asks.levels()) == (
+            [("100", "7"), ("99", "1")],
+            [("101", "2")],
+        )
+        assert client.position("A") == ("E", 8)
+    assert [type(e) for e in events] == [Snapshot, Update, Gap, Snapshot]
+    assert events[2] == Gap("A", 6, 6, "E", ("E", 4), reason="checksum")
+    assert seen[1]["type"] == "unsubscribe"
+    assert seen[2] == {"type": "subscribe", "topics": ["A"], "id": seen[2]["id"]}  # no since
+
+
+async def test_a_heartbeat_reveals_a_lost_final_update_and_the_repair_replays_it(
+    scripted: Callable[..., Awaitable[str]],
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def script(ws: web.WebSocketResponse) -> None:
+        seen.append(request := await receive(ws))
+        await subscribed(ws, request, 0, "")
+        await update(ws, 1, epoch="E")
+        # update 2 lost on the way; then the topic goes quiet
+        await send(ws, type="heartbeat", n=1, ts=3.0, topics={"A": {"seq": 2, "epoch": "E"}})
+        seen.append(await receive(ws))
+        await send(ws, type="unsubscribed", topics=["A"], id=seen[-1]["id"])
+        seen.append(request := await receive(ws))
+        await subscribed(ws, request, 2, "E", recovered=True)
+        await update(ws, 2)
+        await hold(ws)
+
+    url = await scripted(script)
+    async with Client(url, "ticker", ["A"], backoff=FAST, position_heartbeat=5) as client:
+        events = await take(client, 2)
+    assert [(e.seq, e.replayed) for e in events] == [(1, False), (2, True)]
+    assert seen[0]["heartbeat"] == 5
+    assert seen[2]["since"] == {"A": {"seq": 1, "epoch": "E"}} and "heartbeat" not in seen[2]
+
+
+async def test_without_reconnect_a_close_or_a_retryable_refusal_raises(
+    scripted: Callable[..., Awaitable[str]],
+) -> None:
+    frames: list[dict[str, Any]] = []
+
+    async def drain(ws: web.WebSocketResponse) -> None:
+        request = await receive(ws)
+        await subscribed(ws, request, 0, "")
+        await ws.close(code=1012, message=b"draining")
+
+    url = await scripted(drain)
+    client = Client(url, "ticker", ["*"], reconnect=False, on_frame=frames.append)
+    with pytest.raises(ClosedByGateway, match="1012: draining"):
+        await take(client, 1)
+    assert [f["type"] for f in frames] == ["subscribed"]
+    full = web.json_response({"error": "capacity", "message": "full"}, status=503)
+    url = await scripted(full)
+    with pytest.raises(ConnectRefused, match="503 capacity: full"):
+        await take(Client(url, "ticker", ["A"], reconnect=False), 1)
     assert await client_tasks_left() == []
 
 

@@ -129,8 +129,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     subscribe = commands.add_parser(
         "subscribe",
         help="print received messages as JSON lines",
-        description="Print the subscribe reply and every update as JSON lines. Exits 1 with "
-        "the gateway's words when it refuses the connection or the subscribe, or closes.",
+        description="Print the subscribe reply and every update, snapshot, reset and gap as "
+        "JSON lines (through the Python SDK: duplicates dropped, holes repaired, books checked "
+        "against their checksums). Exits 1 with the gateway's words when it refuses the "
+        "connection or the subscribe, or closes.",
     )
     subscribe.add_argument("channel")
     subscribe.add_argument("topics", nargs="+", metavar="TOPIC")
@@ -140,7 +142,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--count",
         type=int,
         default=0,
-        help="exit after this many updates (default: run until interrupted)",
+        help="exit after this many updates and snapshots (default: run until interrupted)",
+    )
+    subscribe.add_argument(
+        "--heartbeat",
+        type=int,
+        metavar="SECONDS",
+        help="ask for a position heartbeat every SECONDS (1-3600): printed, and a position "
+        "past the one held repairs the topic",
     )
 
     metrics = commands.add_parser("metrics", help="show the gateway's metrics")
@@ -215,8 +224,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise UsageError(
                     f"--url names the channel {gateway.channel}, the command {args.channel}"
                 )
+            if args.heartbeat is not None and not 1 <= args.heartbeat <= 3600:
+                raise UsageError(f"--heartbeat {args.heartbeat}: expected 1 to 3600 seconds")
             asyncio.run(
-                subscribe(gateway, args.channel, args.topics, token=args.token, count=args.count)
+                subscribe(
+                    gateway,
+                    args.channel,
+                    args.topics,
+                    token=args.token,
+                    count=args.count,
+                    heartbeat=args.heartbeat,
+                )
             )
             return EXIT_OK
         return asyncio.run(show_metrics(args))

@@ -1,18 +1,40 @@
-"""``wsgateway subscribe``: one WebSocket client printing what it receives, one JSON line per
-frame, until ``--count`` updates, an interrupt, or the gateway says no.
+"""``wsgateway subscribe``: the Python SDK (:mod:`wsgateway.client`) on one connection,
+printing what it yields, one JSON line each, until ``--count`` updates, an interrupt, or the
+gateway says no.
 
-It never hangs on a refusal: a refused upgrade, an ``error`` reply to the subscribe and a
-close by the gateway each end the command with :class:`CommandFailed` (exit 1) carrying what
-the gateway said. Every close by the gateway counts as a failure, 1001 (shutdown) and 1012
-(drain) included: the command was asked to keep receiving, and a script that runs it needs
-to know that the stream ended (to reconnect, for instance).
+The lines: the gateway's ``subscribed`` replies (and ``heartbeat``, ``unsubscribed``
+frames) as received, then the SDK's events in the shape of the frames they come from:
+``update`` (with ``from_seq`` when conflated, ``replayed`` when resumed), ``snapshot``,
+``reset``, and ``gap`` (updates lost for good, or ``"reason": "checksum"`` when the
+client's copy of a book disagreed with the gateway's checksum and it took a fresh
+snapshot). Duplicates are dropped and holes repaired, as any SDK client does.
+
+It never hangs on a refusal and never reconnects (``reconnect=False``): a refused upgrade,
+an ``error`` reply to the subscribe and a close by the gateway each end the command with
+:class:`CommandFailed` (exit 1) carrying what the gateway said. Every close by the gateway
+counts as a failure, 1001 (shutdown) and 1012 (drain) included: the command was asked to
+keep receiving, and a script that runs it needs to know that the stream ended (to
+reconnect, for instance).
 """
 
 from __future__ import annotations
 
-import aiohttp
+from typing import Any
+
 import orjson
 
+from .client import (
+    Client,
+    ClosedByGateway,
+    ConnectFailed,
+    ConnectRefused,
+    Event,
+    Gap,
+    Reset,
+    Snapshot,
+    SubscribeRefused,
+    Update,
+)
 from .errors import CommandFailed
 from .urls import GatewayUrl
 
@@ -31,6 +53,9 @@ CLOSE_MEANINGS = {
     1013: "slow consumer",
 }
 
+#: Frames printed as received; the others come out as the SDK's events.
+PRINTED_FRAMES = frozenset({"subscribed", "unsubscribed", "heartbeat"})
+
 
 def describe_close(code: int | None, reason: str) -> str:
     """One line for a close by the gateway: code, its meaning, and the gateway's reason."""
@@ -47,44 +72,78 @@ def describe_error(frame: dict[str, object]) -> str:
     return f"the gateway answered the subscribe with {frame.get('code')}: {frame.get('message')}"
 
 
+def event_line(channel: str, event: Event) -> dict[str, Any]:
+    """An event as a JSON object shaped like the frame it came from."""
+    line: dict[str, Any] = {"type": event.kind, "channel": channel, "topic": event.topic}
+    if isinstance(event, Update | Snapshot):
+        line.update(seq=event.seq, epoch=event.epoch, ts=event.ts)
+        if isinstance(event, Update) and event.from_seq is not None:
+            line["from_seq"] = event.from_seq
+        if isinstance(event, Update) and event.replayed:
+            line["replayed"] = True
+        line["data"] = event.data
+    elif isinstance(event, Reset):
+        line.update(epoch=event.epoch, seq=event.seq)
+    elif isinstance(event, Gap):
+        epoch, seq = event.previous
+        line.update(
+            from_seq=event.from_seq,
+            to_seq=event.to_seq,
+            epoch=event.epoch,
+            previous={"epoch": epoch, "seq": seq},
+            reason=event.reason,
+        )
+    return line
+
+
+def print_line(value: object) -> None:
+    print(orjson.dumps(value).decode(), flush=True)
+
+
+def print_frame(frame: dict[str, Any]) -> None:
+    if frame.get("type") in PRINTED_FRAMES:
+        print_line(frame)
+
+
 async def subscribe(
-    gateway: GatewayUrl, channel: str, topics: list[str], *, token: str | None, count: int
+    gateway: GatewayUrl,
+    channel: str,
+    topics: list[str],
+    *,
+    token: str | None,
+    count: int,
+    heartbeat: int | None = None,
 ) -> None:
-    """Subscribe and print until ``count`` updates (0: until interrupted); raise
-    :class:`CommandFailed` with the gateway's own words when it refuses or closes."""
-    url = gateway.ws(f"/ws/{channel}")  # without ?token=: it goes into messages
-
-    async def refused_upgrade(response: aiohttp.ClientResponse) -> None:
-        # Read before aiohttp drops the answer: its JSON body says why (web.py).
-        if response.status >= 400:
-            body = " ".join((await response.text(errors="replace")).split())
-            raise CommandFailed(
-                f"{url} refused the connection: HTTP {response.status} {body[:500]}"
-            )
-
-    params = {"token": token} if token else None
-    updates = 0
-    async with aiohttp.ClientSession(raise_for_status=refused_upgrade) as session:
-        try:
-            ws = await session.ws_connect(url, params=params)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise CommandFailed(f"{url} refused the connection: HTTP {exc.status}") from None
-        except aiohttp.ClientError as exc:
-            raise CommandFailed(f"cannot reach {url}: {exc}") from None
-        async with ws:
-            request = {"type": "subscribe", "topics": topics, "id": 1}
-            await ws.send_str(orjson.dumps(request).decode())
-            while True:
-                message = await ws.receive()
-                if message.type is aiohttp.WSMsgType.CLOSE:
-                    raise CommandFailed(describe_close(message.data, message.extra or ""))
-                if message.type is not aiohttp.WSMsgType.TEXT:
-                    raise CommandFailed(describe_close(ws.close_code, ""))
-                frame = orjson.loads(message.data)
-                if frame.get("type") == "error":
-                    raise CommandFailed(describe_error(frame))
-                print(message.data, flush=True)
-                if frame.get("type") == "update":
-                    updates += 1
-                    if count and updates >= count:
+    """Subscribe and print until ``count`` updates and snapshots (0: until interrupted);
+    raise :class:`CommandFailed` with the gateway's own words when it refuses or closes."""
+    client = Client(
+        gateway.base,
+        channel,
+        topics,
+        token=token,
+        reconnect=False,
+        position_heartbeat=heartbeat,
+        on_frame=print_frame,
+    )
+    received = 0
+    try:
+        async with client:
+            async for event in client:
+                print_line(event_line(channel, event))
+                if isinstance(event, Update | Snapshot):
+                    received += 1
+                    if count and received >= count:
                         return
+    except ConnectRefused as refused:
+        said = f" {refused.error}: {refused.message}" if refused.error else ""
+        raise CommandFailed(
+            f"{refused.url} refused the connection: HTTP {refused.status}{said}"
+        ) from None
+    except SubscribeRefused as refused:
+        raise CommandFailed(
+            describe_error({"code": refused.code, "message": refused.message})
+        ) from None
+    except ClosedByGateway as closed:
+        raise CommandFailed(describe_close(closed.code, closed.reason)) from None
+    except ConnectFailed as failed:
+        raise CommandFailed(str(failed)) from None

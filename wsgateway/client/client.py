@@ -17,15 +17,24 @@ import asyncio
 import contextlib
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
+from ..book import Book
 from ..urls import gateway_url
-from .events import Event, Position
+from .events import (
+    ClosedByGateway,
+    ConnectFailed,
+    ConnectRefused,
+    Event,
+    Gap,
+    Position,
+    SubscribeRefused,
+)
 from .policy import (
     STABLE_SECONDS,
     Backoff,
@@ -35,6 +44,9 @@ from .policy import (
     retry_after_of,
 )
 from .streams import Hole, Streams
+
+#: A frame observer (``on_frame``): called with every frame received, before the client acts on it.
+FrameObserver = Callable[[dict[str, Any]], None]
 
 #: Seconds to open the TCP connection (and TLS) of an attempt before trying again.
 CONNECT_TIMEOUT = 10.0
@@ -77,6 +89,13 @@ class Client:
     ``backoff``: (initial, maximum) delay in seconds between attempts. ``session``: an
     aiohttp session of yours (its ``raise_for_status`` must stay off; the client then
     cannot read the body of a refused upgrade and names the HTTP status only).
+    ``position_heartbeat``: ask the gateway for a ``heartbeat`` frame every that many
+    seconds (1-3600): a topic whose position there is past the client's lost updates and is
+    repaired, and a connection silent for twice that long is taken for dead (reconnect).
+    ``reconnect=False``: a tool that reports rather than retries: every refusal, error
+    reply, close and lost connection raises (a :class:`~.events.ClientStopped`); then
+    ``topics`` may be ``["*"]`` (no resume needs their names; holes become gaps).
+    ``on_frame``: called with every frame received (parsed), before the client acts on it.
 
     ::
 
@@ -99,16 +118,25 @@ class Client:
         backoff: tuple[float, float] = (0.5, 20.0),
         session: aiohttp.ClientSession | None = None,
         rng: random.Random | None = None,
+        position_heartbeat: int | None = None,
+        reconnect: bool = True,
+        on_frame: FrameObserver | None = None,
     ) -> None:
         names = tuple(dict.fromkeys(topics))
-        if not names or "*" in names:
+        if not names or ("*" in names and reconnect):
             # A resume names its topics (since); "*" has none to name.
             raise ValueError('name the topics to subscribe to (not "*": a resume needs names)')
+        if position_heartbeat is not None and not 1 <= position_heartbeat <= 3600:
+            raise ValueError(f"position_heartbeat must be 1 to 3600 s, got {position_heartbeat}")
         self.url = gateway_url(url).ws(f"/ws/{channel}")
         self.channel = channel
         self.topics = names
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._heartbeat = heartbeat
+        self._position_heartbeat = position_heartbeat
+        self._reconnect = reconnect
+        self._on_frame = on_frame
+        self._last_frame_at = 0.0
         self._backoff = Backoff(*backoff, random=(rng or random.Random()).random)
         self._session = session
         self._own_session = session is None
@@ -133,8 +161,16 @@ class Client:
         return self._streams.position(topic)
 
     def last(self, topic: str) -> Any:
-        """The ``data`` of the newest update of ``topic`` (None before the first one)."""
+        """The ``data`` of the newest update or snapshot of ``topic`` (None before the
+        first one). For a book topic, that is what changed; :meth:`book` is the book."""
         return self._streams.last(topic)
+
+    def book(self, topic: str) -> Book | None:
+        """The client's copy of ``topic``'s order book (``.bids()``/``.asks()`` best
+        first), checked against every checksum the gateway sent; None when the topic is
+        not a book, or while its copy is being replaced (after a checksum :class:`Gap`,
+        until the :class:`~.events.Snapshot`)."""
+        return self._streams.book(topic)
 
     def __aiter__(self) -> Client:
         return self
@@ -178,15 +214,25 @@ class Client:
             await self._connect()
             return
         ws = self._ws
-        timeout = None
-        if self._resends:
-            loop = asyncio.get_running_loop()
-            timeout = max(0.001, min(when for when, _ in self._resends) - loop.time())
+        now = asyncio.get_running_loop().time()
+        deadlines = [when for when, _ in self._resends]
+        if self._position_heartbeat:
+            # Heartbeats come every N s whatever the traffic: 2 N of silence is a dead peer.
+            deadlines.append(self._last_frame_at + 2 * self._position_heartbeat)
+        timeout = max(0.001, min(deadlines) - now) if deadlines else None
         try:
             message = await ws.receive(timeout=timeout)
         except TimeoutError:
+            now = asyncio.get_running_loop().time()
+            if (
+                self._position_heartbeat
+                and now >= self._last_frame_at + 2 * self._position_heartbeat
+            ):
+                await self._ended(1006, "no frame within two heartbeats")
+                return
             await self._send_due()
             return
+        self._last_frame_at = asyncio.get_running_loop().time()
         if message.type is aiohttp.WSMsgType.TEXT:
             await self._handle(orjson.loads(message.data))
         elif message.type is aiohttp.WSMsgType.CLOSE:
@@ -216,6 +262,10 @@ class Client:
                 self.url, headers=self._headers, heartbeat=self._heartbeat
             )
         except _UpgradeRefused as refused:
+            if not self._reconnect:
+                raise ConnectRefused(
+                    self.url, refused.status, refused.error, refused.message
+                ) from None
             self._delay = after_refusal(
                 self.url,
                 refused.status,
@@ -228,13 +278,19 @@ class Client:
         except aiohttp.WSServerHandshakeError as refused:
             header = refused.headers.get("Retry-After") if refused.headers else None
             retry_after = retry_after_of(header)
+            if not self._reconnect:
+                raise ConnectRefused(self.url, refused.status, "", "") from None
             self._delay = after_refusal(
                 self.url, refused.status, "", "", retry_after, self._backoff
             )
             return
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (aiohttp.ClientError, OSError, TimeoutError) as failed:
             if self._closed:  # close() closed the session under the attempt
                 return
+            if not self._reconnect:
+                raise ConnectFailed(
+                    self.url, f"cannot connect: {failed or type(failed).__name__}"
+                ) from None
             self._delay = self._backoff.next()  # unreachable: try again later
             return
         if self._closed:
@@ -242,9 +298,9 @@ class Client:
             return
         self._ws = ws
         self.connections += 1
-        self._connected_at = asyncio.get_running_loop().time()
+        self._connected_at = self._last_frame_at = asyncio.get_running_loop().time()
         self._delay = None
-        await self._subscribe(self.topics)
+        await self._subscribe(self.topics, first=True)
 
     async def _sleep(self, delay: float) -> None:
         """Wait ``delay`` seconds, or less if the client is closed meanwhile."""
@@ -255,23 +311,36 @@ class Client:
             pass
 
     async def _handle(self, frame: dict[str, Any]) -> None:
+        if self._on_frame is not None:
+            self._on_frame(frame)
         kind = frame.get("type")
         if kind == "update":
             verdict = self._streams.on_update(frame)
-            if isinstance(verdict, Hole):
-                await self._repair(verdict.topic)
-            elif verdict is not None:
-                self._events.append(verdict)
-                if verdict.kind == "gap":
-                    self._events.append(self._streams.accept(frame))
+            await self._take([verdict])
+            if isinstance(verdict, Gap):  # a new epoch nobody announced: then its update
+                await self._take([self._streams.accept(frame)])
+        elif kind == "snapshot":
+            await self._take(self._streams.on_snapshot(frame))
         elif kind == "subscribed":
             self._requests.pop(frame.get("id"), None)
             self._events.extend(self._streams.on_subscribed(frame.get("positions") or {}))
+        elif kind == "heartbeat":
+            await self._take(self._streams.on_heartbeat(frame))
         elif kind == "reset":
-            self._events.extend(self._streams.on_reset(frame))
+            await self._take(self._streams.on_reset(frame))
         elif kind == "error":
             await self._refused(frame)
         # unsubscribed, pong, and kinds this version does not know: nothing to do
+
+    async def _take(self, verdicts: Iterable[Event | Hole | None]) -> None:
+        """Queue the events; repair the holes (a fresh one: without ``since``)."""
+        for verdict in verdicts:
+            if isinstance(verdict, Hole):
+                if verdict.gap is not None:
+                    self._events.append(verdict.gap)
+                await self._repair(verdict.topic)
+            elif verdict is not None:
+                self._events.append(verdict)
 
     async def _refused(self, frame: dict[str, Any]) -> None:
         """An ``error`` reply: resend a subscribe later, or give up (policy.after_error)."""
@@ -279,6 +348,8 @@ class Client:
         if request is None:
             return
         kind, topics = request
+        if not self._reconnect:
+            raise SubscribeRefused(str(frame.get("code")), str(frame.get("message", "")), topics)
         delay = after_error(
             str(frame.get("code")),
             str(frame.get("message", "")),
@@ -298,21 +369,30 @@ class Client:
         due = [topics for when, topics in self._resends if when <= now]
         self._resends = [(when, topics) for when, topics in self._resends if when > now]
         for topics in due:
-            await self._subscribe(topics)
+            await self._subscribe(topics, first=topics == self.topics)
 
     async def _repair(self, topic: str) -> None:
         """A hole inside this connection: unsubscribe and subscribe again with ``since``;
-        the gateway replays what is missing (its history) or says it cannot (a Gap).
+        the gateway replays what is missing (its history) or says it cannot (a Gap). A book
+        being resynced has no ``since`` (Streams.since leaves it out) and gets a snapshot.
         Cheaper than a reconnect, and the other topics do not notice. Frames are answered in
         order, so the subscribe finds the topic released."""
         await self._send("unsubscribe", (topic,))
         await self._subscribe((topic,))
 
-    async def _subscribe(self, topics: tuple[str, ...]) -> None:
-        await self._send("subscribe", topics, self._streams.since(topics))
+    async def _subscribe(self, topics: tuple[str, ...], *, first: bool = False) -> None:
+        """Subscribe; ``first``: the connection's own subscribe (or its resend), which asks
+        for the position heartbeats (a repair's does not: each one would restart their
+        count and timer)."""
+        heartbeat = self._position_heartbeat if first else None
+        await self._send("subscribe", topics, self._streams.since(topics), heartbeat)
 
     async def _send(
-        self, kind: str, topics: tuple[str, ...], since: dict[str, Any] | None = None
+        self,
+        kind: str,
+        topics: tuple[str, ...],
+        since: dict[str, Any] | None = None,
+        heartbeat: int | None = None,
     ) -> None:
         if self._ws is None:
             return
@@ -320,6 +400,8 @@ class Client:
         frame: dict[str, Any] = {"type": kind, "topics": list(topics), "id": self._last_id}
         if since:
             frame["since"] = since
+        if heartbeat:
+            frame["heartbeat"] = heartbeat
         self._requests[self._last_id] = (kind, topics)
         # A connection that is gone: the next receive reports it.
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):
@@ -338,6 +420,10 @@ class Client:
         self._resends.clear()
         if self._closed:
             return
+        if not self._reconnect:
+            if code is None or code == 1006:
+                raise ConnectFailed(self.url, reason or "the connection was lost (no close frame)")
+            raise ClosedByGateway(code, reason)
         if asyncio.get_running_loop().time() - self._connected_at >= STABLE_SECONDS:
             self._backoff.reset()
         self._delay = delay if delay is not None else after_close(code, reason, self._backoff)

@@ -1,8 +1,8 @@
 """What a :class:`~wsgateway.client.Client` yields, and why it stops.
 
-Every event is a small frozen dataclass with a ``kind`` (``"update"``, ``"reset"``,
-``"gap"``), so a consumer can ``match event.kind`` or ``isinstance`` and a later kind (a
-``snapshot`` of a ``last`` or ``book`` topic) is one more class, not a change to these.
+Every event is a small frozen dataclass with a ``kind`` (``"update"``, ``"snapshot"``,
+``"reset"``, ``"gap"``), so a consumer can ``match event.kind`` or ``isinstance``, and a
+later kind is one more class, not a change to these.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ Position = tuple[str, int]
 class Update:
     """One update, in order: its ``seq`` is the previous one + 1 in ``epoch``.
     ``replayed``: it was published while the client was away and came from the gateway's
-    history after a resume (``since``)."""
+    history after a resume (``since``). ``from_seq``: set when the gateway conflated
+    updates ``from_seq``..``seq`` of a ``last`` or ``book`` topic into this one (a slow
+    reader, or ``max_rate``); ``data`` is then the newest value, or for a book the merged
+    levels."""
 
     topic: str
     seq: int
@@ -28,7 +31,23 @@ class Update:
     ts: float
     data: Any
     replayed: bool = False
+    from_seq: int | None = None
     kind: Literal["update"] = field(default="update", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The whole state of a ``last`` or ``book`` topic as of ``seq`` (the gateway sends one
+    after a subscribe, and instead of a replay when a resume is not recovered). It replaces
+    whatever the client held: for a book, ``data`` is the whole book (bids highest first,
+    asks lowest first); the updates that follow continue from ``seq``."""
+
+    topic: str
+    seq: int
+    epoch: str
+    ts: float
+    data: Any
+    kind: Literal["snapshot"] = field(default="snapshot", init=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,18 +67,23 @@ class Gap:
     """Updates of ``topic`` lost for good: ``from_seq`` to ``to_seq`` of ``epoch`` (an empty
     range when ``to_seq < from_seq``). When ``epoch`` differs from ``previous``'s epoch, the
     updates after ``previous`` in the old epoch may be lost too (nobody can tell how many).
-    The stream goes on from ``(epoch, to_seq)``; rebuild whatever was derived from it."""
+    The stream goes on from ``(epoch, to_seq)``; rebuild whatever was derived from it.
+
+    ``reason``: ``"lost"``; or ``"checksum"``: the client's copy of a book disagreed with the
+    checksum of update ``to_seq`` (``from_seq`` = ``to_seq``); the client takes a fresh
+    snapshot, and a :class:`Snapshot` follows."""
 
     topic: str
     from_seq: int
     to_seq: int
     epoch: str
     previous: Position
+    reason: Literal["lost", "checksum"] = "lost"
     kind: Literal["gap"] = field(default="gap", init=False)
 
 
 #: Everything the iterator yields; a new kind joins this union.
-Event = Update | Reset | Gap
+Event = Update | Snapshot | Reset | Gap
 
 
 class ClientStopped(GatewayError):
@@ -72,7 +96,7 @@ class ConnectRefused(ClientStopped):
     404 ``unknown_channel``, 400). ``error`` is the gateway's code when its body was read."""
 
     def __init__(self, url: str, status: int, error: str, message: str) -> None:
-        self.url, self.status, self.error = url, status, error
+        self.url, self.status, self.error, self.message = url, status, error, message
         said = f" {error}" + (f": {message}" if message else "") if error else ""
         super().__init__(f"{url} refused the connection: HTTP {status}{said}")
 
@@ -82,7 +106,7 @@ class SubscribeRefused(ClientStopped):
     (``invalid_topic``, ``forbidden_topic``, ``too_many_topics``...)."""
 
     def __init__(self, code: str, message: str, topics: tuple[str, ...]) -> None:
-        self.code, self.topics = code, topics
+        self.code, self.message, self.topics = code, message, topics
         super().__init__(f"the gateway refused the subscribe to {list(topics)}: {code}: {message}")
 
 
@@ -99,3 +123,12 @@ class ClosedByGateway(ClientStopped):
 
 class TokenExpired(ClosedByGateway):
     """1008 ``token expired``: connect again with a fresh token."""
+
+
+class ConnectFailed(ClientStopped):
+    """The gateway could not be reached, or the connection was lost, and the client was made
+    with ``reconnect=False`` (a tool that reports instead of retrying)."""
+
+    def __init__(self, url: str, cause: str) -> None:
+        self.url, self.cause = url, cause
+        super().__init__(f"{url}: {cause}")

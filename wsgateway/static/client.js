@@ -3,7 +3,12 @@
 // with backoff and jitter, subscribe, resume every topic with `since` after any disconnect,
 // drop duplicates, repair a hole inside a connection by unsubscribing and subscribing the
 // topic again with `since`, and yield each update of its topics once, in order, or a gap
-// where the gateway lost some for good. docs/protocol.md is the contract it implements.
+// where the gateway lost some for good. It takes snapshots (a topic's whole state) and
+// conflated updates (`from_seq`), keeps each topic's last value and, for a book topic, a copy
+// of its book checked against every `checksum` the gateway sends (a copy that disagrees, or
+// that a reset broke, is replaced: the topic is subscribed again without `since`, which
+// brings a snapshot). With `positionHeartbeat`, a heartbeat position past the one held is a
+// hole, repaired like any other. docs/protocol.md is the contract it implements.
 //
 //   import { Client } from "/client.js";
 //   const client = new Client("", "trades", ["BTC-USD"]);   // "": the page's own gateway
@@ -12,6 +17,8 @@
 //     if (event.kind === "update") console.log(event.topic, event.seq, event.data);
 //     else if (event.kind === "gap") { /* lost for good: rebuild what depends on it */ }
 //   }
+//   // a book topic ("orderbook"): after a snapshot or update event,
+//   client.book("BTC-USD").bids(10);   // [[price, qty], ...] best first, as text
 //
 // Sections, as in the Python SDK: the pure parts (Backoff, the policy functions, Streams)
 // take no socket and no clock and are exported for tests; Client does the I/O.
@@ -137,6 +144,111 @@ export function channelUrl(url, channel, token, base) {
   return `${scheme}//${parsed.host}${path}/ws/${encodeURIComponent(channel)}${query}`;
 }
 
+// -- pure: order books -----------------------------------------------------------------------
+
+/** Levels per side the checksum covers, best first (Kraken's formula). */
+export const CHECKSUM_DEPTH = 10;
+
+const CRC_TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+/** CRC32 (IEEE, as zlib.crc32) of an ASCII string, unsigned. */
+export function crc32(text) {
+  let c = 0xffffffff;
+  for (let i = 0; i < text.length; i++) c = CRC_TABLE[(c ^ text.charCodeAt(i)) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+/** The book checksum of `bids` and `asks` (each [[price, qty], ...] best first, canonical
+ * text): CRC32 of the best 10 asks then the best 10 bids, each level's price then qty with
+ * "." removed and leading zeros stripped. */
+export function bookChecksum(bids, asks) {
+  const strip = (text) => text.replace(".", "").replace(/^0+/, "");
+  let text = "";
+  for (const [price, qty] of [...asks.slice(0, CHECKSUM_DEPTH), ...bids.slice(0, CHECKSUM_DEPTH)]) {
+    text += strip(price) + strip(qty);
+  }
+  return crc32(text);
+}
+
+/** Prices in order: by value, ties (never for 15 digits) by text; as the gateway orders them. */
+function byPrice(a, b) {
+  const d = Number(a) - Number(b);
+  return d !== 0 ? d : a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** A book's data as a book topic sends it ({bids, asks, snapshot?, checksum?}, levels as
+ * [price, qty] text pairs), or null when `data` is not book levels (a last-value topic). */
+export function readBook(data) {
+  if (data === null || typeof data !== "object" || Array.isArray(data)) return null;
+  if (!("bids" in data) && !("asks" in data)) return null;
+  const side = (levels) =>
+    levels === undefined ||
+    (Array.isArray(levels) &&
+      levels.every((l) => Array.isArray(l) && l.length === 2 && typeof l[0] === "string" && typeof l[1] === "string"));
+  if (!side(data.bids) || !side(data.asks)) return null;
+  return {
+    bids: data.bids || [],
+    asks: data.asks || [],
+    snapshot: data.snapshot === true,
+    checksum: typeof data.checksum === "number" ? data.checksum : null,
+  };
+}
+
+/** One topic's order book: qty by price text; `bids()`/`asks()` best first. */
+export class Book {
+  constructor() {
+    this._bids = new Map();
+    this._asks = new Map();
+    this._sorted = null; // [bids, asks] best first, until the next change
+  }
+
+  /** Apply levels (absolute qty, "0" removes); `snapshot`: they are the whole book. */
+  apply({ bids = [], asks = [], snapshot = false }) {
+    if (snapshot) {
+      this._bids.clear();
+      this._asks.clear();
+    }
+    for (const [side, levels] of [[this._bids, bids], [this._asks, asks]]) {
+      for (const [price, qty] of levels) {
+        if (qty === "0") side.delete(price);
+        else side.set(price, qty);
+      }
+    }
+    this._sorted = null;
+  }
+
+  /** The bids, highest first: [[price, qty], ...] (at most `depth`). */
+  bids(depth = Infinity) {
+    return this._levels()[0].slice(0, depth);
+  }
+
+  /** The asks, lowest first. */
+  asks(depth = Infinity) {
+    return this._levels()[1].slice(0, depth);
+  }
+
+  checksum() {
+    return bookChecksum(this.bids(CHECKSUM_DEPTH), this.asks(CHECKSUM_DEPTH));
+  }
+
+  _levels() {
+    if (!this._sorted) {
+      const bids = [...this._bids].sort((a, b) => byPrice(b[0], a[0]));
+      const asks = [...this._asks].sort((a, b) => byPrice(a[0], b[0]));
+      this._sorted = [bids, asks];
+    }
+    return this._sorted;
+  }
+}
+
 // -- pure: continuity per topic ------------------------------------------------------------
 
 /** The updates a stream misses if its topic now stands at (epoch, seq), or null. A stream
@@ -147,21 +259,27 @@ export function lost(stream, topic, epoch, seq) {
   if (epoch === stream.epoch || fresh) {
     const first = epoch === stream.epoch ? stream.seq + 1 : 1;
     if (seq < first) return null;
-    return { kind: "gap", topic, from_seq: first, to_seq: seq, epoch, previous };
+    return { kind: "gap", topic, from_seq: first, to_seq: seq, epoch, previous, reason: "lost" };
   }
   // Another epoch: whatever followed our last update in the old one is gone as well.
-  return { kind: "gap", topic, from_seq: 1, to_seq: seq, epoch, previous };
+  return { kind: "gap", topic, from_seq: 1, to_seq: seq, epoch, previous, reason: "lost" };
 }
 
 /** The client's topics. Each on* takes a parsed server frame and returns what it means:
- * events to yield, {hole: topic} to repair, or nothing. Mirrors streams.py. */
+ * events to yield, {hole: topic} to repair (with `since`; `fresh`: without, for a
+ * snapshot, after yielding its `gap` if any), or nothing. Mirrors streams.py. */
 export class Streams {
   constructor(topics) {
     this.topics = new Map();
     for (const topic of topics) {
       // known: a subscribed reply gave it a position (later subscribes resume it);
-      // replayUntil / repairing: this connection's replay, and a repair on its way.
-      this.topics.set(topic, { epoch: "", seq: 0, known: false, data: undefined, replayUntil: 0, repairing: false });
+      // replayUntil / repairing: this connection's replay, and a repair on its way;
+      // book: the topic's book (null: not a book, or not trusted); resync: the book is
+      // being replaced (subscribed again without since; updates dropped until the snapshot).
+      this.topics.set(topic, {
+        epoch: "", seq: 0, known: false, data: undefined, book: null,
+        replayUntil: 0, repairing: false, resync: false,
+      });
     }
   }
 
@@ -172,6 +290,10 @@ export class Streams {
 
   last(topic) {
     return this.stream(topic).data;
+  }
+
+  book(topic) {
+    return this.stream(topic).book;
   }
 
   stream(topic) {
@@ -185,7 +307,8 @@ export class Streams {
     const since = {};
     for (const topic of topics) {
       const stream = this.stream(topic);
-      if (stream.known) since[topic] = { seq: stream.seq, epoch: stream.epoch };
+      // A topic being resynced wants a snapshot, not a replay.
+      if (stream.known && !stream.resync) since[topic] = { seq: stream.seq, epoch: stream.epoch };
     }
     return since;
   }
@@ -206,13 +329,22 @@ export class Streams {
       const epoch = String(position.epoch);
       const seq = Number(position.seq);
       stream.repairing = false;
-      if (position.recovered === true) {
+      if (stream.resync) {
+        // The snapshot at this position follows; a topic without state has none.
+        stream.epoch = epoch;
+        stream.seq = seq;
+        if (seq === 0 && position.recovered === undefined) {
+          stream.resync = false;
+          stream.book = new Book();
+        }
+      } else if (position.recovered === true) {
         stream.replayUntil = seq;
       } else if (position.recovered === false) {
         const gap = lost(stream, topic, epoch, seq);
         if (gap) events.push(gap);
         stream.epoch = epoch;
         stream.seq = seq;
+        if (stream.book) stream.book = new Book(); // the snapshot that follows fills it
       } else if (!stream.known) {
         stream.epoch = epoch;
         stream.seq = seq;
@@ -222,41 +354,120 @@ export class Streams {
     return events;
   }
 
-  /** An update: [] (a duplicate, or a hole already being repaired), [update],
-   * [gap, update] (a new epoch nobody announced), or {hole: topic}. */
+  /** An update: [] (a duplicate, a hole already being repaired, a book being resynced),
+   * [update], [gap, update] (a new epoch nobody announced), or {hole: topic} (with
+   * `fresh` and a `gap` when a book must be replaced: its checksum disagreed, or a new
+   * epoch began past its start). A conflated update (`from_seq`) continues the topic when
+   * `from_seq` is the held seq + 1. */
   onUpdate(frame) {
     const stream = this.topics.get(frame.topic);
-    if (!stream) return [];
+    if (!stream || stream.resync) return [];
+    const topic = frame.topic;
     const seq = Number(frame.seq);
+    const first = frame.from_seq == null ? seq : Number(frame.from_seq);
     const events = [];
     if (typeof frame.epoch === "string" && frame.epoch !== stream.epoch) {
       const fresh = stream.epoch === "" && stream.seq === 0;
-      if (!fresh || seq !== 1) {
-        const gap = lost(stream, frame.topic, frame.epoch, seq - 1);
-        stream.seq = seq - 1;
+      if (!fresh || first !== 1) {
+        const gap = lost(stream, topic, frame.epoch, first - 1);
+        stream.epoch = frame.epoch;
+        stream.seq = first - 1;
+        if (stream.book) {
+          if (first !== 1) {
+            // The new epoch's book so far is unknown: ask for it.
+            stream.resync = true;
+            stream.book = null;
+            return { hole: topic, fresh: true, gap };
+          }
+          stream.book = new Book(); // a new epoch's book starts empty
+        }
         if (gap) events.push(gap);
       }
       stream.epoch = frame.epoch;
     }
     if (seq <= stream.seq) return events;
-    if (seq > stream.seq + 1) {
+    if (first > stream.seq + 1) {
       if (stream.repairing) return events; // the resubscribe will replay it
       stream.repairing = true;
-      return { hole: frame.topic };
+      return { hole: topic };
     }
+    const previous = { epoch: stream.epoch, seq: stream.seq };
     stream.seq = seq;
     stream.data = frame.data;
     stream.known = true;
+    const levels = readBook(frame.data);
+    if (levels) {
+      if (!stream.book) stream.book = new Book();
+      stream.book.apply(levels);
+      if (levels.checksum !== null && stream.book.checksum() !== levels.checksum) {
+        stream.resync = true;
+        stream.book = null;
+        const gap = { kind: "gap", topic, from_seq: seq, to_seq: seq, epoch: stream.epoch, previous, reason: "checksum" };
+        return { hole: topic, fresh: true, gap };
+      }
+    }
     events.push({
       kind: "update",
-      topic: frame.topic,
+      topic,
       seq,
       epoch: stream.epoch,
       ts: Number(frame.ts || 0),
       data: frame.data,
       replayed: seq <= stream.replayUntil,
+      from_seq: frame.from_seq == null ? null : first,
     });
     return events;
+  }
+
+  /** A snapshot: the topic's whole state at its seq; it replaces the topic's value, book
+   * and position. (A snapshot whose own checksum disagrees is reported as a checksum gap
+   * but not asked for again: the next one would say the same.) */
+  onSnapshot(frame) {
+    const stream = this.topics.get(frame.topic);
+    if (!stream) return [];
+    const topic = frame.topic;
+    const previous = { epoch: stream.epoch, seq: stream.seq };
+    stream.seq = Number(frame.seq);
+    if (typeof frame.epoch === "string" && frame.epoch) stream.epoch = frame.epoch;
+    stream.data = frame.data;
+    stream.known = true;
+    stream.resync = false;
+    stream.repairing = false;
+    stream.replayUntil = 0;
+    stream.book = null;
+    const events = [
+      { kind: "snapshot", topic, seq: stream.seq, epoch: stream.epoch, ts: Number(frame.ts || 0), data: frame.data },
+    ];
+    const levels = readBook(frame.data);
+    if (levels) {
+      const book = new Book();
+      book.apply({ ...levels, snapshot: true });
+      if (levels.checksum !== null && book.checksum() !== levels.checksum) {
+        events.push({ kind: "gap", topic, from_seq: stream.seq, to_seq: stream.seq, epoch: stream.epoch, previous, reason: "checksum" });
+      } else {
+        stream.book = book;
+      }
+    }
+    return events;
+  }
+
+  /** A heartbeat: a topic whose position there is past ours lost updates (a heartbeat
+   * never runs ahead of the frames before it): [{hole: topic}, ...]. */
+  onHeartbeat(frame) {
+    const holes = [];
+    const topics = frame.topics;
+    if (topics === null || typeof topics !== "object") return holes;
+    for (const [topic, position] of Object.entries(topics)) {
+      const stream = this.topics.get(topic);
+      if (!stream || !stream.known || stream.resync || stream.repairing) continue;
+      if (position === null || typeof position !== "object") continue;
+      const epoch = String(position.epoch ?? "");
+      const seq = Number(position.seq ?? 0);
+      if (seq === 0 || (epoch === stream.epoch && seq <= stream.seq)) continue;
+      stream.repairing = true;
+      holes.push({ hole: topic });
+    }
+    return holes;
   }
 
   /** A reset: the topic continues from its (epoch, seq); a gap when updates were lost. */
@@ -272,6 +483,12 @@ export class Streams {
     stream.seq = seq;
     stream.known = true;
     stream.replayUntil = 0;
+    if (stream.book) {
+      // A book cannot continue over lost updates: ask for it afresh.
+      stream.resync = true;
+      stream.book = null;
+      events.push({ hole: frame.topic, fresh: true });
+    }
     return events;
   }
 }
@@ -282,11 +499,15 @@ export class Streams {
  *
  * Options: `token` (a JWT for the `user` channel, sent as `?token=`), `backoff`
  * ([initial, maximum] seconds, default [0.5, 20]), `heartbeat` (seconds between protocol
- * pings, default 20; 0: none), `maxFailures` (consecutive attempts that never open before
+ * pings, default 20; 0: none), `positionHeartbeat` (seconds, 1-3600: ask the gateway for
+ * a heartbeat frame that often; a topic whose position there is past the one held lost
+ * updates and is repaired), `maxFailures` (consecutive attempts that never open before
  * the client stops; default Infinity), `random` (a source for the jitter).
  *
- * Events: the async iterator yields {kind: "update" | "reset" | "gap", topic, ...}; a kind
- * it does not know is for a later version (a "snapshot" of a book mode), so skip it. The
+ * Events: the async iterator yields {kind: "update" | "snapshot" | "reset" | "gap", topic,
+ * ...}, as the Python SDK's events (a gap's `reason`: "lost", or "checksum" when the
+ * client's book disagreed with the gateway's checksum and a snapshot follows); a kind it
+ * does not know is for a later version, so skip it. The
  * connection's state is announced as "state" events (an EventTarget), detail:
  * {state: "connecting" | "open" | "reconnecting" | "failing" | "stopped" | "closed",
  *  delay (s, when reconnecting), code, reason (of the last close), failures, connections}.
@@ -306,6 +527,7 @@ export class Client extends EventTarget {
     const [initial, maximum] = options.backoff || [0.5, 20];
     this._backoff = new Backoff(initial, maximum, options.random || Math.random);
     this._heartbeat = options.heartbeat ?? 20;
+    this._positionHeartbeat = options.positionHeartbeat ?? 0;
     this._maxFailures = options.maxFailures ?? Infinity;
     this._streams = new Streams(names);
     this._events = [];
@@ -332,9 +554,17 @@ export class Client extends EventTarget {
     return this._streams.position(topic);
   }
 
-  /** The `data` of the newest update of `topic` (undefined before the first one). */
+  /** The `data` of the newest update or snapshot of `topic` (undefined before the first
+   * one); for a book topic that is what changed, and book() is the book. */
   last(topic) {
     return this._streams.last(topic);
+  }
+
+  /** The client's copy of `topic`'s book (a Book: bids()/asks() best first, checksum()),
+   * checked against every checksum the gateway sent; null when the topic is not a book,
+   * or while its copy is being replaced (after a checksum gap, until the snapshot). */
+  book(topic) {
+    return this._streams.book(topic);
   }
 
   /** End the connection and the iteration; the client cannot be used again. */
@@ -400,7 +630,7 @@ export class Client extends EventTarget {
     this._failures = 0;
     this.connections += 1;
     this._announce({ state: "open" });
-    this._subscribe(this.topics);
+    this._subscribe(this.topics, true);
     if (this._heartbeat > 0) this._beat(ws);
   }
 
@@ -431,17 +661,35 @@ export class Client extends EventTarget {
     const kind = frame.type;
     if (kind === "update") {
       const verdict = this._streams.onUpdate(frame);
-      if (Array.isArray(verdict)) this._push(verdict);
-      else this._repair(verdict.hole);
+      this._take(Array.isArray(verdict) ? verdict : [verdict]);
+    } else if (kind === "snapshot") {
+      this._take(this._streams.onSnapshot(frame));
     } else if (kind === "subscribed") {
       this._requests.delete(frame.id);
       this._push(this._streams.onSubscribed(frame.positions));
+    } else if (kind === "heartbeat") {
+      this._take(this._streams.onHeartbeat(frame));
     } else if (kind === "reset") {
-      this._push(this._streams.onReset(frame));
+      this._take(this._streams.onReset(frame));
     } else if (kind === "error") {
       this._refused(frame);
     }
-    // unsubscribed, pong, and kinds this version does not know (a later "snapshot"): ignored
+    // unsubscribed, pong, and kinds this version does not know: ignored
+  }
+
+  /** Yield the events; repair the holes (a fresh one is subscribed without since, as
+   * Streams.since leaves a resynced topic out). */
+  _take(items) {
+    const events = [];
+    for (const item of items) {
+      if (item.hole === undefined) {
+        events.push(item);
+        continue;
+      }
+      if (item.gap) events.push(item.gap);
+      this._repair(item.hole);
+    }
+    this._push(events);
   }
 
   _onClose(ws, code, reason) {
@@ -469,7 +717,7 @@ export class Client extends EventTarget {
     }
     const ws = this._ws;
     this._after(verdict, () => {
-      if (ws === this._ws) this._subscribe(topics);
+      if (ws === this._ws) this._subscribe(topics, topics === this.topics);
     });
   }
 
@@ -481,14 +729,17 @@ export class Client extends EventTarget {
     this._subscribe([topic]);
   }
 
-  _subscribe(topics) {
-    this._send("subscribe", topics, this._streams.since(topics));
+  /** `first`: the connection's own subscribe (or its resend), which asks for position
+   * heartbeats (a repair's does not: each would restart their count and timer). */
+  _subscribe(topics, first = false) {
+    this._send("subscribe", topics, this._streams.since(topics), first ? this._positionHeartbeat : 0);
   }
 
-  _send(type, topics, since) {
+  _send(type, topics, since, heartbeat = 0) {
     this._lastId += 1;
     const frame = { type, topics, id: this._lastId };
     if (since && Object.keys(since).length) frame.since = since;
+    if (heartbeat > 0) frame.heartbeat = heartbeat;
     this._requests.set(this._lastId, [type, topics]);
     this._sendFrame(frame);
   }
