@@ -37,6 +37,7 @@ IDLE_FOOTPRINT = {
     "held": 0,
     "lagging": 0,
     "recovering": 0,
+    "capped": 0,
     "heartbeats": 0,
 }
 
@@ -244,11 +245,12 @@ def subscribe(
     since: Mapping[str, Position] | None = None,
     *,
     history: History | None = None,
+    max_rate: float | None = None,
 ) -> tuple[str, ...]:
     """``channel.subscribe`` completed at once, as Gateway.subscribe does once the broker
     answered: ``history`` for every topic that needed the broker (default: a topic the
     broker holds no state for). Returns the topics of the reply."""
-    joining = channel.subscribe(conn, topics, since)
+    joining = channel.subscribe(conn, topics, since, max_rate)
     for recovery in joining.pending:
         channel.complete(recovery, history or History(NO_POSITION, []))
     return joining.topics

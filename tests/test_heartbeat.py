@@ -179,3 +179,17 @@ async def test_a_heartbeat_counts_against_the_outbox_like_any_reply() -> None:
     assert client.conn.closing
     assert client.closer.calls == [(1013, "slow consumer")]
     assert h.channel.footprint()["heartbeats"] == 0
+
+
+async def test_a_channel_default_heartbeat_runs_from_the_upgrade_until_the_client_stops_it() -> (
+    None
+):
+    h = make_channel(position_heartbeat=5)
+    client = h.open()
+    handle = h.channel.heartbeats.handle(client.conn)
+    assert handle is not None
+    beat(h.channel, client.conn)
+    await next_turn()
+    assert [m["type"] for m in client.messages()] == ["heartbeat"]
+    h.channel.set_heartbeat(client.conn, 0)
+    assert h.channel.heartbeats.handle(client.conn) is None

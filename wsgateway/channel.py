@@ -188,6 +188,9 @@ class Channel:
         )
         self._connections.add(conn)
         self.metrics.connections.inc()
+        if self.limits.position_heartbeat:
+            # The channel's default, until the client asks for another interval (or 0).
+            self.heartbeats.set(conn, self.limits.position_heartbeat)
         return conn
 
     def remove(self, conn: Connection, reason: str) -> None:
