@@ -236,7 +236,7 @@ async def test_max_rate_sends_the_first_update_and_merges_the_rest_of_the_interv
 async def test_max_rate_is_refused_on_a_stream_channel_and_for_the_wildcard() -> None:
     h = make_channel("trades")
     client = h.open()
-    with pytest.raises(BadMessage, match="max_rate.*trades is in stream mode"):
+    with pytest.raises(BadMessage, match=r"max_rate.*trades is in stream mode"):
         h.channel.subscribe(client.conn, ["BTC-USD"], None, 5)
     h = make_channel("ticker", mode="last")
     client = h.open()
