@@ -4,6 +4,7 @@
     python benchmarks/redis_publish.py                 # batches of 100, 1 and 16 in flight, 3 runs
     python benchmarks/redis_publish.py --inflight 1,4,16 --topics 10 --runs 5
     python benchmarks/redis_publish.py --profile prof.out   # cProfile of one run
+    python benchmarks/redis_publish.py --mode book --checksum off   # order book messages
 
 One process, pinned to the first core, does what ``POST /api/publish`` does after reading
 the body: ``parse_publish`` (validation, data encoded once) and ``RedisBroker.publish`` (one
@@ -13,6 +14,11 @@ fresh redis-server runs on the second core. Each run: a warm-up, then ``--durati
 measured: messages accepted per second, the gateway's CPU and Redis's CPU per message,
 and Redis calls per message (INFO commandstats, the script's own calls included). No HTTP:
 this is the broker's ceiling, not the endpoint's.
+
+``--mode`` sets the channel's topic mode (issue 9): ``stream`` (history only, the default),
+``last`` (each topic also keeps its latest value) or ``book`` (each message is a book delta
+of 3 bids and 2 asks near the top of a ~200-level book, applied by publish.lua, with its
+CRC32 unless ``--checksum off``).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import argparse
 import asyncio
 import cProfile
 import os
+import random
 import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,21 @@ from wsgateway.protocol import parse_publish  # noqa: E402
 
 CHANNEL = "ticker"
 POLICY = HistoryPolicy()  # the ticker channel's defaults: 100 kept, 300 s, a day
+#: book messages: levels within this many 0.5 ticks of the top on each side
+BOOK_DEPTH = 200
+
+
+def book_data(rng: random.Random) -> dict[str, Any]:
+    """A delta as an exchange sends it: a few levels near the top, some removed."""
+
+    def level(base: float, sign: int) -> list[Any]:
+        price = base + sign * 0.5 * int(rng.expovariate(0.05) % BOOK_DEPTH)
+        return [price, 0 if rng.random() < 0.2 else round(rng.uniform(0.01, 5), 4)]
+
+    return {
+        "bids": [level(65000.0, -1) for _ in range(3)],
+        "asks": [level(65000.5, 1) for _ in range(2)],
+    }
 
 
 def own_cpu() -> float:
@@ -52,9 +75,17 @@ def own_cpu() -> float:
 
 
 async def one_run(
-    redis: RedisProcess, batch: int, inflight: int, topics: int, warmup: float, duration: float
+    redis: RedisProcess,
+    batch: int,
+    inflight: int,
+    topics: int,
+    warmup: float,
+    duration: float,
+    policy: HistoryPolicy = POLICY,
 ) -> dict[str, Any]:
-    broker = RedisBroker(redis.url, {CHANNEL: POLICY})
+    broker = RedisBroker(redis.url, {CHANNEL: policy})
+    books = (CHANNEL,) if policy.mode == "book" else ()
+    rng = random.Random(8)
     await broker.start()
     if not broker.connected:
         raise RuntimeError("the broker did not connect")
@@ -79,12 +110,16 @@ async def one_run(
             stamp = {"t": time.time(), "pad": pad}
             document = {
                 "messages": [
-                    {"channel": CHANNEL, "topic": names[(n + i) % topics], "data": stamp}
+                    {
+                        "channel": CHANNEL,
+                        "topic": names[(n + i) % topics],
+                        "data": book_data(rng) if books else stamp,
+                    }
                     for i in range(batch)
                 ]
             }
             n += batch
-            done = await broker.publish(parse_publish(document, (CHANNEL,)))
+            done = await broker.publish(parse_publish(document, (CHANNEL,), books))
             if counting:
                 accepted += done
 
@@ -125,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--mode", choices=("stream", "last", "book"), default="stream")
+    parser.add_argument("--checksum", choices=("on", "off"), default="on", help="book mode")
     parser.add_argument("--profile", type=Path, help="cProfile one run to this file")
     parser.add_argument("--root", type=Path, help="import wsgateway from this checkout")
     args = parser.parse_args(argv)
@@ -132,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     ours, theirs = cores[0], cores[-1]
     os.sched_setaffinity(0, {ours})
     inflights = [int(x) for x in args.inflight.split(",")]
+    policy = replace(POLICY, mode=args.mode, checksum=args.checksum == "on")
     try:
         import uvloop
 
@@ -145,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             profiler.enable()
             with asyncio.Runner(loop_factory=loop_factory) as runner:
                 result = runner.run(
-                    one_run(redis, args.batch, inflights[0], args.topics, 0.5, args.duration)
+                    one_run(
+                        redis, args.batch, inflights[0], args.topics, 0.5, args.duration, policy
+                    )
                 )
             profiler.disable()
             profiler.dump_stats(args.profile)
@@ -156,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in inflights:  # interleaved, so that a noisy minute hits every row
                 with asyncio.Runner(loop_factory=loop_factory) as runner:
                     r = runner.run(
-                        one_run(redis, args.batch, n, args.topics, args.warmup, args.duration)
+                        one_run(
+                            redis, args.batch, n, args.topics, args.warmup, args.duration, policy
+                        )
                     )
                 results[n].append(r)
                 print(
@@ -187,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"wsgateway from {Path(wsgateway.__file__).parent.parent}; "
-        f"Publish into Redis, {args.topics} topics, medians of {args.runs} runs (range); "
+        f"Publish into Redis, mode {args.mode}"
+        f"{f' (checksum {args.checksum})' if args.mode == 'book' else ''}, "
+        f"{args.topics} topics, medians of {args.runs} runs (range); "
         f"load average {load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}\n\n"
         "| batch | in flight | messages/s | gateway µs/msg | gateway CPU "
         "| redis µs/msg | redis CPU | redis calls/msg |\n|---|---|---|---|---|---|---|---|"

@@ -51,12 +51,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
+import orjson
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .. import book
 from ..ratelimit import LogThrottle
 from .base import (
     NO_POSITION,
@@ -73,6 +75,7 @@ from .base import (
 from .handoff import Handoff
 from .redis_codec import (
     NODES_KEY,
+    book_keys,
     decode_entry,
     decode_updates,
     history_key,
@@ -186,6 +189,7 @@ class RedisBroker:
         self._pubsub_pool: ConnectionPool | None = None
         self._publish_script: Any = None
         self._history_script: Any = None
+        self._snapshot_script: Any = None
         self._nodes_script: Any = None
         self._put_node_script: Any = None
         self._handoff: Handoff | None = None
@@ -236,6 +240,7 @@ class RedisBroker:
         )
         self._publish_script = client.register_script(_script("publish.lua"))
         self._history_script = client.register_script(_script("history.lua"))
+        self._snapshot_script = client.register_script(_script("snapshot.lua"))
         self._nodes_script = client.register_script(_script("nodes.lua"))
         self._put_node_script = client.register_script(_script("put_node.lua"))
         self._handoff = Handoff(*self._max_queued)
@@ -452,7 +457,28 @@ class RedisBroker:
         return History(position, recent(updates, position, since, limit))
 
     async def snapshot(self, channel: str, topic: str) -> Snapshot | None:
-        raise NotImplementedError("last and book modes on redis: in progress")
+        if self._client is None:
+            raise ConnectionError("the redis broker is not started")
+        policy = self._policies.get(channel, DEFAULT_POLICY)
+        if policy.mode == "stream":
+            return None
+        keys = [meta_key(channel, topic)]
+        if policy.mode == "book":
+            keys += book_keys(channel, topic)
+        with _unavailable("reading a snapshot from redis failed"):
+            epoch, seq, ts, data = await self._snapshot_script(keys=keys)
+        if epoch is None or data is None:  # no state (or a last topic without its value)
+            return None
+        position = Position(epoch.decode(), int(seq))
+        if policy.mode == "last":
+            return Snapshot(position, float(ts), orjson.Fragment(data))
+        bids, asks = (
+            tuple(zip(map(bytes.decode, side[::2]), map(bytes.decode, side[1::2]), strict=True))
+            for side in data
+        )
+        crc = book.checksum(bids, asks) if policy.checksum else None
+        whole = book.delta_data(book.Delta(bids, asks, True), crc)
+        return Snapshot(position, float(ts), orjson.Fragment(orjson.dumps(whole)))
 
     def stats(self) -> BrokerStats:
         return BrokerStats(self._reconnects, self._publish_errors, self._probe_failures)

@@ -4,9 +4,23 @@ pub/sub framing of a batch of updates (pure: no I/O, tested without Redis).
 Keys of one topic share the hash tag ``{<channel>:<topic>}`` so that they live in one slot
 of a Redis Cluster:
 
-- ``wsg:{<channel>:<topic>}:meta``: hash, ``e`` = epoch, ``s`` = the latest seq;
+- ``wsg:{<channel>:<topic>}:meta``: hash, ``e`` = epoch, ``s`` = the latest seq; on
+  ``last`` and ``book`` channels also ``t`` = the ts of the update at ``s`` (the
+  snapshot's), and on ``last`` channels ``v`` = that update's data;
 - ``wsg:{<channel>:<topic>}:history``: stream, entry id ``<seq>-0``, fields ``d`` (data,
-  encoded JSON) and ``t`` (the publishing gateway's clock).
+  encoded JSON) and ``t`` (the publishing gateway's clock);
+- on ``book`` channels the book: ``...:bids`` and ``...:asks``, sorted sets whose members
+  are the canonical price texts, each scored by its own text (Redis reads it as a double:
+  the order of book.price_key, equal scores by text); ``...:levels``, hash of qty by
+  ``b<price>`` and ``a<price>``.
+
+All of a topic's keys expire with its numbering (``topic_ttl``; the history with
+``history_ttl``), and publish.lua deletes the history and the book when it starts a new
+epoch.
+
+A book message goes to publish.lua not as JSON but as ``<snapshot 0|1>|<bids>|<asks>``,
+each side ``price qty price qty ...`` (canonical texts: digits and ".", never a space or
+"|"): Lua reads it with one pattern, and builds the update's data itself.
 
 Pub/sub: one Redis channel per gateway channel, ``wsg:updates:<channel>``; each pub/sub
 message carries every update of that channel from one publish script call::
@@ -34,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from ..book import Delta
 from .base import HistoryPolicy, Message, Update
 
 PREFIX = "wsg"
@@ -48,6 +63,12 @@ def meta_key(channel: str, topic: str) -> str:
 
 def history_key(channel: str, topic: str) -> str:
     return f"{PREFIX}:{{{channel}:{topic}}}:history"
+
+
+def book_keys(channel: str, topic: str) -> tuple[str, str, str]:
+    """A book topic's bids and asks (sorted sets) and its qty by level (hash)."""
+    tag = f"{PREFIX}:{{{channel}:{topic}}}"
+    return f"{tag}:bids", f"{tag}:asks", f"{tag}:levels"
 
 
 def updates_channel(channel: str) -> str:
@@ -66,6 +87,13 @@ def data_bytes(data: Any) -> bytes:
     return orjson.dumps(data)
 
 
+def delta_text(delta: Delta) -> bytes:
+    """A book message as publish.lua reads it (the module's docstring)."""
+    bids = " ".join([text for level in delta.bids for text in level])
+    asks = " ".join([text for level in delta.asks for text in level])
+    return f"{'1' if delta.snapshot else '0'}|{bids}|{asks}".encode()
+
+
 def publish_arguments(
     messages: Sequence[Message],
     policies: Mapping[str, HistoryPolicy],
@@ -76,7 +104,7 @@ def publish_arguments(
     """KEYS and ARGV of scripts/publish.lua for ``messages`` (its header says the layout)."""
     channels: dict[str, int] = {}
     channel_args: list[Any] = []
-    topics: dict[tuple[str, str], int] = {}
+    topics: dict[tuple[str, str], tuple[int, bool]] = {}  # index, is a book
     topic_args: list[Any] = []
     keys: list[str] = []
     layout: list[int] = []
@@ -84,22 +112,28 @@ def publish_arguments(
     dumps = data_bytes
     for message in messages:
         channel, topic = message.channel, message.topic
-        index = topics.get((channel, topic))
-        if index is None:
+        known = topics.get((channel, topic))
+        if known is None:
+            policy = policies.get(channel, default)
             channel_index = channels.get(channel)
             if channel_index is None:
                 channel_index = channels[channel] = len(channels) + 1
-                policy = policies.get(channel, default)
                 channel_args += (
                     updates_channel(channel),
                     policy.size,
                     milliseconds(policy.ttl),
                     milliseconds(policy.topic_ttl),
+                    policy.mode,
+                    policy.max_book_levels,
+                    1 if policy.checksum else 0,
                 )
-            index = topics[channel, topic] = len(topics) + 1
+            known = topics[channel, topic] = (len(topics) + 1, policy.mode == "book")
             topic_args += (channel_index, topic)
             keys += (meta_key(channel, topic), history_key(channel, topic))
-        data = dumps(message.data)
+            if known[1]:
+                keys += book_keys(channel, topic)
+        index, is_book = known
+        data = delta_text(message.data) if is_book else dumps(message.data)
         layout += (index, len(data))
         blob.append(data)
     return keys, [
