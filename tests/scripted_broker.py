@@ -15,7 +15,7 @@ from wsgateway.brokers import (
     Resync,
     Update,
 )
-from wsgateway.brokers.base import recent
+from wsgateway.brokers.base import Snapshot, recent
 
 from .fakes import make_update
 
@@ -58,6 +58,15 @@ class ScriptedBroker:
             raise ConnectionError("redis is unreachable")
         position = self.tops.get(topic, NO_POSITION)
         return History(position, recent(self.held.get(topic, []), position, since, limit))
+
+    async def snapshot(self, channel: str, topic: str) -> Snapshot | None:
+        if self.unreachable:
+            raise ConnectionError("redis is unreachable")
+        position = self.tops.get(topic)
+        if position is None:
+            return None
+        held = self.held.get(topic)
+        return Snapshot(position, 0.0, held[-1].data if held else None)
 
     def stats(self) -> BrokerStats:
         return BrokerStats()

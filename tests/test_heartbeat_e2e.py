@@ -29,8 +29,8 @@ async def gw(request: pytest.FixtureRequest, start_gateway: StartGateway) -> Run
 
 
 async def test_heartbeats_report_the_position_of_the_updates_sent(gw: RunningGateway) -> None:
-    await gw.publish("ticker", "BTC-USD", {"px": 0})  # the topic has an epoch before we come
-    async with websockets.connect(gw.ws_url("ticker")) as ws:
+    await gw.publish("trades", "BTC-USD", {"px": 0})  # the topic has an epoch before we come
+    async with websockets.connect(gw.ws_url("trades")) as ws:
         reply = await request(
             ws, {"type": "subscribe", "topics": ["BTC-USD"], "heartbeat": 1, "id": 1}
         )
@@ -38,7 +38,7 @@ async def test_heartbeats_report_the_position_of_the_updates_sent(gw: RunningGat
         position = reply["positions"]["BTC-USD"]
         assert position["seq"] == 1 and position["epoch"]
         for px in (1, 2, 3):
-            await gw.publish("ticker", "BTC-USD", {"px": px})
+            await gw.publish("trades", "BTC-USD", {"px": px})
         # Read the updates and the heartbeats as they come (on a loaded machine one may
         # come between updates): no heartbeat reports a seq beyond the last update read.
         held = position["seq"]
@@ -71,7 +71,7 @@ async def test_heartbeats_report_the_position_of_the_updates_sent(gw: RunningGat
 
 
 async def test_a_bad_heartbeat_is_refused_and_the_connection_stays(gw: RunningGateway) -> None:
-    async with websockets.connect(gw.ws_url("ticker")) as ws:
+    async with websockets.connect(gw.ws_url("trades")) as ws:
         for bad in (-1, 3601, 0.5, "5", True):
             reply = await request(
                 ws, {"type": "subscribe", "topics": ["BTC-USD"], "heartbeat": bad, "id": 7}
@@ -84,7 +84,7 @@ async def test_a_bad_heartbeat_is_refused_and_the_connection_stays(gw: RunningGa
             }
         assert (await request(ws, {"type": "ping", "id": 8}))["type"] == "pong"
         # Nothing was subscribed by the refused frames, and no heartbeat was started.
-        await gw.publish("ticker", "BTC-USD", {"px": 1})
+        await gw.publish("trades", "BTC-USD", {"px": 1})
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(ws.recv(), 1.5)
-        assert gw.gateway.channels["ticker"].footprint()["heartbeats"] == 0
+        assert gw.gateway.channels["trades"].footprint()["heartbeats"] == 0

@@ -151,8 +151,8 @@ async def test_slow_consumer_closed_1013_without_slowing_others(
     # Over HOLD_BYTES, so that a client the kernel stops taking bytes from is held, its
     # frames kept in its outbox, until it is cut slow_consumer_grace after passing the limit.
     gw = await start_gateway(max_outbox_bytes=262144, slow_consumer_grace=0.5)
-    fast = await bystander(gw)
-    slow = await websockets.connect(gw.ws_url("ticker"), max_queue=1)
+    fast = await bystander(gw, "trades")
+    slow = await websockets.connect(gw.ws_url("trades"), max_queue=1)
     await request(slow, {"type": "subscribe", "topics": ["BTC-USD"]})
     # websockets stops reading the socket once its queue is full: from here on, `slow` reads
     # nothing while `fast` reads everything.
@@ -166,17 +166,17 @@ async def test_slow_consumer_closed_1013_without_slowing_others(
     payload = {"blob": "x" * 8000}
     published = 0
     channel_slow = "wsgateway_slow_consumers_total"
-    while sample(gw, channel_slow, channel="ticker") == 0 and published < 8000:
+    while sample(gw, channel_slow, channel="trades") == 0 and published < 8000:
         # Four 8 KB messages a loop turn stay under the outbox of a client that reads.
         await gw.gateway.publish_many(
-            [{"channel": "ticker", "topic": "BTC-USD", "data": payload}] * 4
+            [{"channel": "trades", "topic": "BTC-USD", "data": payload}] * 4
         )
         published += 4
         await asyncio.sleep(0)
-    assert sample(gw, channel_slow, channel="ticker") == 1
-    assert sample(gw, "wsgateway_errors_total", channel="ticker", type="slow_consumer") == 1
+    assert sample(gw, channel_slow, channel="trades") == 1
+    assert sample(gw, "wsgateway_errors_total", channel="trades", type="slow_consumer") == 1
     assert (
-        sample(gw, "wsgateway_updates_failed_total", channel="ticker", reason="slow_consumer") >= 1
+        sample(gw, "wsgateway_updates_failed_total", channel="trades", reason="slow_consumer") >= 1
     )
     # The fast client got every message, in order, without a gap.
     await until(lambda: len(received) == published, timeout=20)
@@ -188,7 +188,7 @@ async def test_slow_consumer_closed_1013_without_slowing_others(
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     reader.cancel()
     await fast.close()
-    await until(lambda: gw.gateway.channels["ticker"].state().connections == 0)
+    await until(lambda: gw.gateway.channels["trades"].state().connections == 0)
 
 
 async def test_dead_peer_removed_after_missed_pongs(start_gateway: StartGateway) -> None:

@@ -114,7 +114,8 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
             assert count == value(
                 samples, "wsgateway_connections_rejected_total", channel=channel, reason=reason
             )
-        for setting in LIMIT_NAMES:
+        assert figures["mode"] == gw.gateway.channels[channel].mode
+        for setting in LIMIT_METRICS:
             name, factor = LIMIT_METRICS[setting]
             assert figures["limits"][setting] == pytest.approx(
                 value(samples, name, channel=channel, setting=setting) / factor
@@ -134,7 +135,14 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
     ticker = view["managers"]["ticker"]
     assert ticker["total_connections"] == 1 and ticker["messages_published"] == 5
     assert ticker["messages_sent"] == 5  # updates only
-    assert ticker["frames_sent"] == {"reply": 1, "error": 1, "pong": 0, "reset": 0, "heartbeat": 0}
+    assert ticker["frames_sent"] == {
+        "reply": 1,
+        "error": 1,
+        "pong": 0,
+        "reset": 0,
+        "heartbeat": 0,
+        "snapshot": 0,
+    }
     assert ticker["messages_received"] == 2
     assert view["managers"]["trades"]["messages_sent"] == 5
     assert view["managers"]["trades"]["frames_sent"]["reply"] == 1
@@ -197,6 +205,7 @@ async def test_labels_come_only_from_closed_sets(gw: RunningGateway) -> None:
         "setting": set(LIMIT_NAMES),
         "outcome": {*RESUME_OUTCOMES, *REPAIR_OUTCOMES},
         "kind": set(FRAME_KINDS),
+        "mode": {"stream", "last", "book"},
         "le": set(),  # histogram buckets: any number
     }
     for (name, labels), _ in parse((await scrape(gw))[1]).items():

@@ -25,7 +25,7 @@ from wsgateway.metrics import (
     histogram_quantile,
     to_json,
 )
-from wsgateway.settings import LIMIT_NAMES, Limits
+from wsgateway.settings import LIMIT_NAMES, NON_NUMERIC_LIMITS, Limits
 
 START = 1_000_000.0
 CHANNELS = ("market", "ticker", "orderbook", "trades", "user")
@@ -173,7 +173,14 @@ def test_channel_figures() -> None:
     assert ticker["active_connections"] == 15
     assert ticker["messages_sent"] == 1247
     assert ticker["messages_failed"] == 3
-    assert ticker["frames_sent"] == {"reply": 6, "error": 2, "pong": 0, "reset": 0, "heartbeat": 0}
+    assert ticker["frames_sent"] == {
+        "reply": 6,
+        "error": 2,
+        "pong": 0,
+        "reset": 0,
+        "heartbeat": 0,
+        "snapshot": 0,
+    }
     assert ticker["errors"] == 3
     assert ticker["messages_published"] == 11
     assert ticker["messages_received"] == 9
@@ -287,7 +294,10 @@ def test_limits_and_rate_limits_come_from_the_limit_gauge() -> None:
         "history_ttl": 300.0,
         "topic_ttl": 86400.0,
         "max_replay": 1000,
+        "max_book_levels": 1000,
+        "position_heartbeat": 0,
     }
+    assert ticker["mode"] == "last"
     assert isinstance(ticker["limits"]["max_topics"], int)
     assert view["managers"]["market"]["rate_limits"] == {
         "messages_per_second": 100,
@@ -398,14 +408,14 @@ def test_nothing_is_registered_on_the_global_registry() -> None:
 
 
 def test_every_limit_has_a_metric_by_its_unit() -> None:
-    assert list(LIMIT_METRICS) == list(LIMIT_NAMES)
+    assert list(LIMIT_METRICS) == [n for n in LIMIT_NAMES if n not in NON_NUMERIC_LIMITS]
     limits = Limits(connections_per_minute=7, write_delay=0.003)
     registry, _metrics, _clock, _states = build(channels=("ticker",), limits={"ticker": limits})
     for setting, (name, factor) in LIMIT_METRICS.items():
         value = registry.get_sample_value(name, {"channel": "ticker", "setting": setting})
         assert value == getattr(limits, setting) * factor, setting
     view = to_json(registry, ("ticker",), START)["managers"]["ticker"]
-    assert list(view["limits"]) == list(LIMIT_NAMES)
+    assert list(view["limits"]) == [n for n in LIMIT_NAMES if n not in NON_NUMERIC_LIMITS]
     assert view["limits"]["connections_per_minute"] == 7  # per second in Prometheus
     assert view["limits"]["write_delay"] == 0.003
     text = generate_latest(registry).decode()

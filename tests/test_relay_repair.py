@@ -18,19 +18,22 @@ from wsgateway.brokers import RESYNC
 from wsgateway.errors import Unavailable
 from wsgateway.gateway import Gateway
 from wsgateway.protocol import Subscribe
-from wsgateway.settings import Settings
+from wsgateway.settings import Limits, Settings
 
 from .fakes import FakeTransport, RecordingCloser, make_update, subscribe, written_messages
 from .scripted_broker import ScriptedBroker
 
 CHANNEL = "ticker"
+# Stream semantics (a topic relayed here is joined without the broker): the default mode of
+# "ticker" would be last, whose subscribers need the broker's snapshot.
+STREAM_SETTINGS = Settings(channels=(CHANNEL,), defaults=Limits(mode="stream"))
 
 
 @contextlib.asynccontextmanager
 async def relaying() -> AsyncIterator[tuple[Gateway, ScriptedBroker, FakeTransport]]:
     """A gateway relaying the scripted broker's feed, with one client on BTC-USD."""
     broker = ScriptedBroker()
-    gateway = Gateway(Settings(channels=(CHANNEL,)), broker, CollectorRegistry())
+    gateway = Gateway(STREAM_SETTINGS, broker, CollectorRegistry())
     channel = gateway.channels[CHANNEL]
     transport = FakeTransport()
     channel.admit("10.0.0.1")
@@ -99,7 +102,7 @@ async def test_a_subscribe_the_broker_cannot_answer_subscribes_nothing_not_even_
 ):
     broker = ScriptedBroker()
     broker.unreachable = True
-    gateway = Gateway(Settings(channels=(CHANNEL,)), broker, CollectorRegistry())
+    gateway = Gateway(STREAM_SETTINGS, broker, CollectorRegistry())
     channel = gateway.channels[CHANNEL]
     channel.positions.advance("BTC-USD", "e1", 4)  # relayed here: known without the broker
     channel.admit("10.0.0.1")

@@ -152,23 +152,23 @@ async def test_a_client_behind_more_than_the_history_is_told_and_gets_no_replay(
     start_gateway: StartGateway,
 ) -> None:
     gw = await start_gateway(history_size=5)
-    async with websockets.connect(gw.ws_url("ticker")) as ws:
+    async with websockets.connect(gw.ws_url("trades")) as ws:
         reply = await request(ws, {"type": "subscribe", "topics": ["BTC-USD"], "id": 1})
         assert reply["positions"] == {"BTC-USD": {"seq": 0, "epoch": ""}}
-        await gw.publish("ticker", "BTC-USD", {"n": 1})
+        await gw.publish("trades", "BTC-USD", {"n": 1})
         first = await recv_json(ws)
         epoch = first["epoch"]
     for n in range(2, 12):
-        await gw.publish("ticker", "BTC-USD", {"n": n})
-    async with websockets.connect(gw.ws_url("ticker")) as ws:
+        await gw.publish("trades", "BTC-USD", {"n": n})
+    async with websockets.connect(gw.ws_url("trades")) as ws:
         since = {"BTC-USD": {"seq": 1, "epoch": epoch}}
         reply = await request(ws, {"type": "subscribe", "topics": ["BTC-USD"], "since": since})
         assert reply["positions"] == {"BTC-USD": {"seq": 11, "epoch": epoch, "recovered": False}}
-        await gw.publish("ticker", "BTC-USD", {"n": 12})
+        await gw.publish("trades", "BTC-USD", {"n": 12})
         assert (await recv_json(ws))["seq"] == 12  # nothing replayed: live from seq 11 on
         # Within the history (its last 5): 8..12 come back, each once.
         since = {"BTC-USD": {"seq": 7, "epoch": epoch}}
-    async with websockets.connect(gw.ws_url("ticker")) as ws:
+    async with websockets.connect(gw.ws_url("trades")) as ws:
         reply = await request(ws, {"type": "subscribe", "topics": ["BTC-USD"], "since": since})
         assert reply["positions"]["BTC-USD"] == {"seq": 12, "epoch": epoch, "recovered": True}
         assert [(await recv_json(ws))["seq"] for _ in range(5)] == [8, 9, 10, 11, 12]
@@ -223,8 +223,8 @@ async def test_subscribe_unsubscribe_loops_cannot_turn_into_broker_reads(
     gw = await start_gateway(max_topics=10, messages_per_second=1000)
     topics = [f"T{n}" for n in range(10)]
     async with (
-        websockets.connect(gw.ws_url("ticker")) as looper,
-        websockets.connect(gw.ws_url("ticker")) as bystander,
+        websockets.connect(gw.ws_url("trades")) as looper,
+        websockets.connect(gw.ws_url("trades")) as bystander,
     ):
         for attempt in range(2):  # the burst: 2 x 10 topics
             reply = await request(looper, {"type": "subscribe", "topics": topics, "id": attempt})
@@ -235,7 +235,7 @@ async def test_subscribe_unsubscribe_loops_cannot_turn_into_broker_reads(
         assert 0 < reply["retry_after"] <= 10
         assert "nothing was subscribed" in reply["message"]
         # Nothing was subscribed: a publish on T0 does not reach the looper.
-        await gw.publish("ticker", "T0", {"n": 1})
+        await gw.publish("trades", "T0", {"n": 1})
         pong = await request(looper, {"type": "ping", "id": "p"})
         assert pong["type"] == "pong"
         # The bystander's own budget is untouched.

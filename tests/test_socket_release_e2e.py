@@ -91,7 +91,7 @@ def client_frame(opcode: int, payload: bytes = b"") -> bytes:
     return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
 
 
-async def never_reading_client(gw: RunningGateway, channel: str = "market") -> socket.socket:
+async def never_reading_client(gw: RunningGateway, channel: str = "trades") -> socket.socket:
     """A raw WebSocket client that completes the handshake, then reads nothing."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
@@ -126,13 +126,13 @@ def server_sockets(gw: RunningGateway) -> int:
 
 
 async def fill_until(gw: RunningGateway, done: object, limit: int = 20_000) -> None:
-    """Publish 8 KB updates on ``market`` until ``done()`` (one per loop turn, so the
+    """Publish 8 KB updates on ``trades`` until ``done()`` (one per loop turn, so the
     flush writes between them and the kernel buffers fill before the transport's)."""
     data = "x" * 8000
     for _ in range(limit):
         if done():  # type: ignore[operator]
             return
-        await gw.publish("market", "t", data)
+        await gw.publish("trades", "t", data)
         await asyncio.sleep(0)
     raise AssertionError("the buffers never filled")
 
@@ -160,17 +160,17 @@ def test_a_slow_consumer_is_cut_and_its_socket_released(loop: str) -> None:
 
 
 async def slow_consumers(gw: RunningGateway) -> None:
-    market = gw.gateway.channels["market"]
+    trades = gw.gateway.channels["trades"]
     clients = [await never_reading_client(gw) for _ in range(3)]
     try:
         await subscribe_all(clients)
-        await until(lambda: market.state().subscriptions == 3)
-        await fill_until(gw, lambda: market.state().connections == 0)  # all three cut, 1013
-        assert gw.gateway.metrics.slow_consumers.labels("market")._value.get() == 3
+        await until(lambda: trades.state().subscriptions == 3)
+        await fill_until(gw, lambda: trades.state().connections == 0)  # all three cut, 1013
+        assert gw.gateway.metrics.slow_consumers.labels("trades")._value.get() == 3
         # Held: the clients read nothing, so no close handshake can finish ...
         assert server_sockets(gw) == 3
         metrics = await scrape(gw)
-        assert metrics["wsgateway_connections_active,market"] == 0
+        assert metrics["wsgateway_connections_active,trades"] == 0
         assert metrics["wsgateway_open_sockets"] == 3  # ... and the metrics say so
         # ... until close_timeout: then every socket is reset.
         await until(lambda: server_sockets(gw) == 0, timeout=CLOSE_TIMEOUT + MARGIN)
@@ -187,16 +187,16 @@ def test_a_heartbeat_timeout_releases_the_socket(loop: str) -> None:
 
 
 async def missed_pongs(gw: RunningGateway) -> None:
-    market = gw.gateway.channels["market"]
+    trades = gw.gateway.channels["trades"]
     clients = [await never_reading_client(gw) for _ in range(3)]
     try:
         await subscribe_all(clients)
-        await until(lambda: market.state().subscriptions == 3)
+        await until(lambda: trades.state().subscriptions == 3)
         # Unread bytes in each transport's buffer: its close can never finish by itself.
-        await fill_until(gw, lambda: market.state().outbox_bytes > 3 * 100_000)
-        assert market.state().connections == 3
-        await until(lambda: market.state().connections == 0, timeout=10)
-        timeouts = gw.gateway.metrics.disconnects.labels("market", "heartbeat_timeout")
+        await fill_until(gw, lambda: trades.state().outbox_bytes > 3 * 100_000)
+        assert trades.state().connections == 3
+        await until(lambda: trades.state().connections == 0, timeout=10)
+        timeouts = gw.gateway.metrics.disconnects.labels("trades", "heartbeat_timeout")
         assert timeouts._value.get() == 3
         await until(lambda: server_sockets(gw) == 0, timeout=CLOSE_TIMEOUT + MARGIN)
     finally:
@@ -229,17 +229,17 @@ async def orphans(gw: RunningGateway) -> None:
     """Everything unread fits in the kernel's send buffer, so at the missed pong aiohttp
     closes the socket at once; the kernel would keep the orphan (and its buffer) for
     minutes, probing a client that never opens its window."""
-    market = gw.gateway.channels["market"]
+    trades = gw.gateway.channels["trades"]
     port = gw.server.port
     clients = [await never_reading_client(gw) for _ in range(3)]
     try:
         await subscribe_all(clients)
-        await until(lambda: market.state().subscriptions == 3)
+        await until(lambda: trades.state().subscriptions == 3)
         for _ in range(20):  # 160 KB each: all taken by the kernel, none left to the transport
-            await gw.publish("market", "t", "x" * 8000)
+            await gw.publish("trades", "t", "x" * 8000)
             await asyncio.sleep(0)
         await until(lambda: sum(q > 100_000 for q in kernel_send_queues(port)) == 3)
-        await until(lambda: market.state().connections == 0, timeout=10)  # missed pongs
+        await until(lambda: trades.state().connections == 0, timeout=10)  # missed pongs
         stuck = 1.0 * 1.5 + CLOSE_TIMEOUT
         await until(lambda: not any(kernel_send_queues(port)), timeout=stuck + MARGIN)
     finally:
@@ -253,18 +253,18 @@ def test_a_policy_violation_1008_releases_the_socket(loop: str) -> None:
 
 
 async def rate_limit_abusers(gw: RunningGateway) -> None:
-    market = gw.gateway.channels["market"]
+    trades = gw.gateway.channels["trades"]
     loop = asyncio.get_running_loop()
     clients = [await never_reading_client(gw) for _ in range(3)]
     try:
         await subscribe_all(clients)
-        await until(lambda: market.state().subscriptions == 3)
-        await fill_until(gw, lambda: market.state().outbox_bytes > 3 * 100_000)
+        await until(lambda: trades.state().subscriptions == 3)
+        await fill_until(gw, lambda: trades.state().outbox_bytes > 3 * 100_000)
         # Twice messages_per_second (100) at once: five violations, then 1008.
         for sock in clients:
             await loop.sock_sendall(sock, client_frame(1, b"{}") * 200)
-        await until(lambda: market.state().connections == 0, timeout=10)
-        abusers = gw.gateway.metrics.disconnects.labels("market", "policy_violation")
+        await until(lambda: trades.state().connections == 0, timeout=10)
+        abusers = gw.gateway.metrics.disconnects.labels("trades", "policy_violation")
         assert abusers._value.get() == 3
         await until(lambda: server_sockets(gw) == 0, timeout=CLOSE_TIMEOUT + MARGIN)
     finally:
@@ -278,25 +278,25 @@ def test_a_ping_flood_from_a_client_that_never_reads_is_cut(loop: str) -> None:
 
 
 async def ping_flood(gw: RunningGateway) -> None:
-    market = gw.gateway.channels["market"]
+    trades = gw.gateway.channels["trades"]
     loop = asyncio.get_running_loop()
     attacker = await never_reading_client(gw)
-    await until(lambda: market.state().connections == 1)
+    await until(lambda: trades.state().connections == 1)
     # 80,000 pings of 125 bytes: 10 MB of pongs, more than any kernel send buffer takes.
     flood = client_frame(9, b"p" * 125) * 80_000
     sending = asyncio.ensure_future(loop.sock_sendall(attacker, flood))
     try:
         # The pongs are replies like any other: past max_outbox_bytes the client is a slow
         # consumer (1013), and its handler is not stuck in a pong write.
-        await until(lambda: market.state().connections == 0, timeout=30)
-        assert gw.gateway.metrics.slow_consumers.labels("market")._value.get() == 1
+        await until(lambda: trades.state().connections == 0, timeout=30)
+        assert gw.gateway.metrics.slow_consumers.labels("trades")._value.get() == 1
         await until(lambda: server_sockets(gw) == 0, timeout=CLOSE_TIMEOUT + MARGIN)
         # A bystander is served as ever.
-        async with websockets.connect(gw.ws_url("market")) as bystander:
+        async with websockets.connect(gw.ws_url("trades")) as bystander:
             assert (await request(bystander, {"type": "ping", "id": 1}))["type"] == "pong"
             await asyncio.wait_for(await bystander.ping(b"still there?"), 5)  # a real pong
             await request(bystander, {"type": "subscribe", "topics": ["t"]})
-            await gw.publish("market", "t", 1)
+            await gw.publish("trades", "t", 1)
             assert (await recv_json(bystander))["data"] == 1
     finally:
         sending.cancel()
@@ -314,7 +314,7 @@ async def ping_flood(gw: RunningGateway) -> None:
 SHUTDOWN_SLACK = 1.0
 
 
-def blocking_client(port: int, channel: str = "market") -> socket.socket:
+def blocking_client(port: int, channel: str = "trades") -> socket.socket:
     """:func:`never_reading_client` for a test without an event loop."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)
@@ -377,7 +377,7 @@ def test_sigterm_exits_in_time_with_clients_that_never_read() -> None:
         for sock in subscribers:
             sock.sendall(client_frame(1, b'{"type":"subscribe","topics":["*"]}'))
         body = json.dumps(
-            {"messages": [{"channel": "market", "topic": "t", "data": "x" * 8000}] * 10}
+            {"messages": [{"channel": "trades", "topic": "t", "data": "x" * 8000}] * 10}
         ).encode()
         deadline = time.monotonic() + 30
         while metric_sum(url, "wsgateway_outbox_bytes") < 3 * 100_000:

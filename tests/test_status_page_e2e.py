@@ -425,16 +425,16 @@ async def test_a_slow_consumer_shows(
     gw = await start_gateway(max_outbox_bytes=262144, slow_consumer_grace=0.5)
     await open_page(browser, gw.http + "/" + FAST)
     await page_shows(browser, lambda s: live(s) and s["window_seconds"] != "", "a window")
-    slow = await websockets.connect(gw.ws_url("ticker"), max_queue=1)
+    slow = await websockets.connect(gw.ws_url("trades"), max_queue=1)
     try:
         await request(slow, {"type": "subscribe", "topics": ["BTC-USD"]})
         # websockets stops reading the socket once its queue is full: `slow` reads nothing.
         payload = {"blob": "x" * 8000}
         published = 0
-        while gw.gateway.metrics_json()["managers"]["ticker"]["slow_consumers"] == 0:
+        while gw.gateway.metrics_json()["managers"]["trades"]["slow_consumers"] == 0:
             assert published < 8000, "no slow consumer"
             await gw.gateway.publish_many(
-                [{"channel": "ticker", "topic": "BTC-USD", "data": payload}] * 4
+                [{"channel": "trades", "topic": "BTC-USD", "data": payload}] * 4
             )
             published += 4
             await asyncio.sleep(0)
@@ -448,7 +448,7 @@ async def test_a_slow_consumer_shows(
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
     finally:
         await slow.close()
-    row = shown["rows"]["ticker"]
+    row = shown["rows"]["trades"]
     assert row["slow_consumers"] == "1" and row["slow_consumers_lifetime"] == "1"
     assert row["last_error"] == "slow_consumer"
     assert "slow_consumer" in shown["text"]
