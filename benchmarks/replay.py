@@ -206,7 +206,11 @@ async def probe(http: aiohttp.ClientSession, gw: GatewayProcess) -> Capabilities
             kinds = []
             with contextlib.suppress(TimeoutError):
                 while len(kinds) < 2:
-                    kinds.append((await ws.receive_json(timeout=5))["type"])
+                    msg = await ws.receive(timeout=5)
+                    if msg.type is not aiohttp.WSMsgType.TEXT:
+                        kinds.append(f"{msg.type.name} {msg.data}")  # e.g. CLOSE 1011
+                        break
+                    kinds.append(orjson.loads(msg.data)["type"])
             if kinds != ["subscribed", "snapshot"]:
                 caps.missing = f"no snapshot on subscribe to a {channel} topic (got {kinds})"
                 return caps
@@ -604,7 +608,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="messages per publish request")
     parser.add_argument("--book-levels", type=int, default=50, help="max_book_levels")
     parser.add_argument(
-        "--outbox-bytes", type=int, default=262_144, help="max_outbox_bytes of every channel"
+        "--outbox-bytes", type=int, default=1_048_576, help="max_outbox_bytes of every channel"
     )
     parser.add_argument("--settle", type=float, default=120.0, help="seconds to wait at the end")
     parser.add_argument("--json", type=Path, help="write the figures here")
