@@ -417,7 +417,11 @@ async def publish_forever(gw: RunningGateway) -> None:
         await gw.publish("ticker", "BTC-USD", {"price": 65000 + i % 7, "i": i})
         await gw.publish("ticker", "ETH-USD", {"price": 3400 + i % 5, "i": i})
         await gw.publish("trades", "ETH-USD", {"qty": i % 3 + 1, "side": "buy", "i": i})
-        await gw.publish("orderbook", "BTC-USD", {**book, "i": i})
+        # A whole book every 10 rounds, level changes in between (orderbook is a book).
+        if i % 10 == 1:
+            await gw.publish("orderbook", "BTC-USD", {**book, "snapshot": True})
+        else:
+            await gw.publish("orderbook", "BTC-USD", {"bids": [[65000 - i % 40, i % 3]]})
         await gw.publish("market", "SOL-USD", {"status": "open", "i": i})
         await asyncio.sleep(0.04)
 

@@ -34,6 +34,8 @@ MAX_QTY_LENGTH = 40
 CHECKSUM_DEPTH = 10
 BOOK_KEYS = frozenset({"bids", "asks", "snapshot"})
 _DECIMAL_TEXT = re.compile(r"[0-9]+(\.[0-9]+)?|\.[0-9]+")
+#: text that is canonical already (no leading or trailing zero, at most 64 characters)
+_CANONICAL_TEXT = re.compile(r"(?:0|[1-9][0-9]{0,63})(?:\.[0-9]{0,62}[1-9])?")
 
 
 class InvalidDelta(ValueError):
@@ -113,6 +115,8 @@ def canonical_qty(value: object, where: str) -> str:
 def _canonical(value: object, where: str, what: str) -> str:
     """The canonical text of a non-negative decimal: no exponent, no sign, no leading zero
     (but "0.5"), no trailing fractional zero, no trailing "."."""
+    if type(value) is str and _CANONICAL_TEXT.fullmatch(value):
+        return value  # the common case, canonical already: no Decimal needed
     rule = f'{what} must be a non-negative decimal number or string (e.g. 50000.5 or "50000.5")'
     if isinstance(value, bool):
         raise InvalidDelta(f"{where}: {rule}")
