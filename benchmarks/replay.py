@@ -271,6 +271,9 @@ class Client:
         self.rng = random.Random(seed)
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.subscribed = asyncio.Event()
+        #: a flaky client's first drop comes by this many frames at the latest
+        self.drop_by = FLAKY_FRAMES[1]
+        self.drops = 0
 
     async def run(self, run: Run) -> None:
         if self.late:
@@ -307,8 +310,10 @@ class Client:
                 message["max_rate"] = run.max_rate
             await ws.send_str(orjson.dumps(message).decode())
             drop_after = None
-            if self.kind == "flaky" and not run.fed.is_set():
+            if self.kind == "flaky" and (self.drops == 0 or not run.fed.is_set()):
                 drop_after = self.rng.randint(*FLAKY_FRAMES)
+                if self.drops == 0:
+                    drop_after = min(drop_after, self.rng.randint(1, self.drop_by))
             frames = 0
             stall_at = time.monotonic() + self.rng.uniform(*STALL_AFTER)
             while True:
@@ -326,8 +331,9 @@ class Client:
                         if time.monotonic() > stall_at and not run.fed.is_set():
                             await asyncio.sleep(run.stall)
                             stall_at = time.monotonic() + self.rng.uniform(*STALL_AFTER)
-                    if drop_after is not None and frames >= drop_after and not run.fed.is_set():
+                    if drop_after is not None and frames >= drop_after:
                         self.drop(ws)
+                        self.drops += 1
                         check.tally.drops += 1
                         long = self.rng.random() < FLAKY_LONG_CHANCE
                         return self.rng.uniform(*(FLAKY_LONG if long else FLAKY_SHORT))
@@ -390,7 +396,11 @@ def make_clients(args: argparse.Namespace, feed: Feed, caps: Capabilities) -> li
                 name = f"{channel}/{kind}{i}{'-late' if late else ''}"
                 check = ClientCheck(name, channel, feed.symbols, feed.reference)
                 seed += 1
-                clients.append(Client(kind, channel, late, check, seed))
+                client = Client(kind, channel, late, check, seed)
+                # Every flaky client drops at least once, even in a short feed: within the
+                # first half of its channel's messages.
+                client.drop_by = max(1, feed.counts()[channel] // 2)
+                clients.append(client)
     return clients
 
 

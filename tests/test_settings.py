@@ -40,6 +40,10 @@ EXTRA_LIMITS: dict[str, float] = {
     "history_ttl": 300.0,
     "topic_ttl": 86_400.0,
     "max_replay": 1000,
+    "mode": "auto",
+    "max_book_levels": 1000,
+    "checksum": True,
+    "position_heartbeat": 0,
 }
 
 PUBLISH_TOKEN = "publish-token-Zq8v1XkP"
