@@ -105,6 +105,8 @@ async def test_json_view_equals_the_scrape(gw: RunningGateway) -> None:
         "topics": "wsgateway_topics_active",
         "outbox_bytes": "wsgateway_outbox_bytes",
         "slow_consumers": "wsgateway_slow_consumers_total",
+        "conflated": "wsgateway_conflated_updates_total",
+        "checksum_frames": "wsgateway_checksum_frames_total",
     }
     assert set(view["managers"]) == set(gw.gateway.settings.channels)
     for channel, figures in view["managers"].items():

@@ -264,6 +264,8 @@ async def test_page_lists_every_channel_and_follows_publishes(
         )
         assert shown["rows"]["ticker"]["active_connections"] == "1"
         assert shown["rows"]["ticker"]["topics"] == "2"
+        assert shown["rows"]["ticker"]["mode"] == "last"  # the channel's topic mode
+        assert shown["rows"]["orderbook"]["mode"] == "book"
         for price in range(5):
             await gw.publish("ticker", "BTC-USD", {"price": price})
         for _ in range(5):
