@@ -12,7 +12,7 @@ import pytest
 
 from wsgateway import protocol
 from wsgateway.book import Book, Delta, delta_data, read_data
-from wsgateway.brokers.base import Update
+from wsgateway.brokers.base import Position, Update
 from wsgateway.conflation import Pending, payload
 from wsgateway.errors import BadMessage
 
@@ -205,10 +205,11 @@ async def test_topics_are_merged_each_on_their_own_in_order() -> None:
 
 def release(h: Harness, client: Client, topic: str = "BTC-USD") -> None:
     """Fire the client's max_rate timer now, as the event loop would when it is due."""
-    cap = h.channel._capped[topic][client.conn]
+    caps = h.channel._caps
+    cap = caps.cap(client.conn, topic)
     assert cap.timer is not None
     cap.timer.cancel()
-    h.channel._release(client.conn, topic, cap)
+    caps.release(client.conn, cap)
 
 
 async def test_max_rate_sends_the_first_update_and_merges_the_rest_of_the_interval() -> None:
@@ -269,3 +270,24 @@ async def test_a_capped_subscription_leaves_nothing_behind() -> None:
     h.channel.remove(client.conn, "client_closed")
     await next_turn()
     assert h.channel.footprint() == IDLE_FOOTPRINT
+
+
+async def test_a_reset_sends_what_max_rate_held_back_first() -> None:
+    h = make_channel("ticker", mode="last")
+    client = h.open()
+    subscribe(h.channel, client.conn, ["BTC-USD"], max_rate=1)
+    for seq in (1, 2, 3):
+        h.channel.broadcast(Update("ticker", "BTC-USD", seq, EPOCH, seq, "e1"))
+    h.channel.reset_topic("BTC-USD", Position("e2", 0))
+    await next_turn()
+    assert [m[:3] for m in sent(client)] == [
+        ("update", 1, None),
+        ("update", 3, 2),
+        ("reset", 0, None),
+    ]
+    # The heartbeat reports a capped topic only when nothing is held back for it.
+    h.clock.advance(1)  # the interval the release started is over: the next goes at once
+    h.channel.broadcast(Update("ticker", "BTC-USD", 1, EPOCH, 1, "e2"))
+    assert h.channel.heartbeat_positions(client.conn) == {"BTC-USD": {"seq": 1, "epoch": "e2"}}
+    h.channel.broadcast(Update("ticker", "BTC-USD", 2, EPOCH, 2, "e2"))
+    assert h.channel.heartbeat_positions(client.conn) == {}

@@ -30,7 +30,7 @@ from .errors import BadMessage, Draining, ForbiddenTopic, Rejected, TooManyTopic
 from .heartbeats import Heartbeats
 from .metrics import ChannelMetrics, ChannelState
 from .outbox import Course, SlowConsumerRule, Verdict
-from .ratecap import Cap
+from .ratecap import RateCaps
 from .ratelimit import LogThrottle
 from .resume import Outcome, Recovery, Step
 from .settings import Limits
@@ -123,9 +123,9 @@ class Channel:
         # Clients joining a topic through a recovery (resume.py), by topic: pending ones
         # buffer live updates, catching-up ones skip what they already have.
         self._recovering: dict[str, dict[Connection, Recovery]] = {}
-        # Receivers with a max_rate, by topic, apart from _topics: the fan-out of every
-        # other receiver pays nothing for them (ratecap.py).
-        self._capped: dict[str, dict[Connection, Cap]] = {}
+        # Receivers with a max_rate, apart from _topics: the fan-out of every other receiver
+        # pays nothing for them (ratecap.py).
+        self._caps = RateCaps(clock, self._book, self._send_held, self.metrics.conflated.inc)
         # Connections that asked for position heartbeats, and their timers (heartbeats.py).
         self.heartbeats = Heartbeats(self._send_heartbeat)
 
@@ -326,7 +326,7 @@ class Channel:
         if interval is None:
             self._topics.setdefault(topic, set()).add(conn)
         else:
-            self._capped.setdefault(topic, {})[conn] = Cap(interval)
+            self._caps.add(conn, topic, interval)
 
     def _set_caps(self, conn: Connection, topics: tuple[str, ...], max_rate: float) -> None:
         """Apply a subscribe's ``max_rate`` (0: none) to its topics, held ones included."""
@@ -354,8 +354,7 @@ class Channel:
         receivers = self._topics.get(topic)
         if receivers is not None and conn in receivers:
             return True
-        capped = self._capped.get(topic)
-        return capped is not None and conn in capped
+        return self._caps.holds(conn, topic)
 
     def _stop_receiving(self, conn: Connection, topic: str, release: bool = False) -> None:
         """Take ``conn`` off ``topic``'s receivers; ``release``: what its max_rate held
@@ -365,15 +364,7 @@ class Channel:
             subscribers.discard(conn)
             if not subscribers:
                 del self._topics[topic]  # no per-topic state outlives its last subscriber
-        capped = self._capped.get(topic)
-        if capped is not None:
-            cap = capped.pop(conn, None)
-            if cap is not None:
-                if release and cap.pending is not None:
-                    self._release(conn, topic, cap)
-                cap.cancel()
-            if not capped:
-                del self._capped[topic]
+        self._caps.remove(conn, topic, release)
 
     def abandon(self, conn: Connection, joining: Joining) -> None:
         """Undo every subscription a request added, when the broker could not answer it:
@@ -457,9 +448,8 @@ class Channel:
         for topic in conn.topics:
             receivers = subscribers.get(topic)
             if receivers is None or conn not in receivers:
-                capped = self._capped.get(topic)
-                cap = capped.get(conn) if capped else None
-                if cap is None or cap.pending is not None:
+                caps = self._caps
+                if not caps.holds(conn, topic) or caps.holding_back(conn, topic):
                     continue  # joining, or updates held back for its max_rate
             position = self.positions.get(topic)
             if position is not None:
@@ -507,8 +497,10 @@ class Channel:
             queued += self._enqueue(self._wildcard, frame, merge=merge)
         if self._recovering and topic in self._recovering:
             queued += self._offer(self._recovering[topic], update, frame)
-        if self._capped and topic in self._capped:
-            queued += self._throttle(self._capped[topic], update, frame)
+        if self._caps and topic in self._caps:
+            due = self._caps.offer(update, frame)
+            if due:
+                queued += self._enqueue(due, frame, merge=update)
         if self._checksums:
             self.metrics.checksums.inc()
         if queued:
@@ -527,35 +519,9 @@ class Channel:
             protocol.update(self.name, update.topic, update.seq, update.ts, update.data, epoch)
         )
 
-    def _throttle(self, capped: dict[Connection, Cap], update: Update, frame: bytes) -> int:
-        """Hand an update to the receivers with a max_rate (ratecap.py): sent now to those
-        whose interval is over, held back and merged for the others."""
-        now = self._clock()
-        due = []
-        for conn, cap in capped.items():
-            if cap.due(now):
-                due.append(conn)
-                continue
-            pending = cap.pending
-            if pending is None:
-                cap.pending = Pending(update, frame, self._book)
-                cap.timer = asyncio.get_running_loop().call_later(
-                    max(0.0, cap.next_at - now), self._release, conn, update.topic, cap
-                )
-            elif pending.merge(update, frame):
-                self.metrics.conflated.inc()
-            else:  # it does not follow on (a gap was mended): what was held goes first
-                self._release(conn, update.topic, cap)
-                cap.pending = Pending(update, frame, self._book)
-                cap.timer = asyncio.get_running_loop().call_later(
-                    cap.interval, self._release, conn, update.topic, cap
-                )
-        return self._enqueue(due, frame, merge=update) if due else 0
-
-    def _release(self, conn: Connection, topic: str, cap: Cap) -> None:
-        """Send what ``cap`` held back (its interval is over, or it must go out now)."""
-        pending = cap.take(self._clock())
-        if pending is not None and not conn.closing:
+    def _send_held(self, conn: Connection, pending: Pending) -> None:
+        """Queue what a max_rate held back for ``conn`` (ratecap.py)."""
+        if not conn.closing:
             self._enqueue([conn], pending.frame(self.name), merge=pending.update)
             self._queued_ts.append(pending.update.ts)
 
@@ -583,10 +549,7 @@ class Channel:
         frame = protocol.text_frame(payload)
         told: list[Connection] = list(self._topics.get(topic, ()))
         told.extend(self._wildcard)
-        for conn, cap in self._capped.get(topic, {}).items():
-            if cap.pending is not None:
-                self._release(conn, topic, cap)  # updates before the reset come first
-            told.append(conn)
+        told.extend(self._caps.release_all(topic))  # what they hold back comes first
         recoveries = self._recovering.get(topic)
         if recoveries:
             for conn, recovery in list(recoveries.items()):
@@ -608,7 +571,7 @@ class Channel:
             bool(self._wildcard)
             or topic in self._topics
             or topic in self._recovering
-            or topic in self._capped
+            or topic in self._caps
         )
 
     def expire_positions(self) -> int:
@@ -969,7 +932,7 @@ class Channel:
             "held": len(self._held),
             "lagging": len(self._lagging),
             "recovering": sum(len(r) for r in self._recovering.values()),
-            "capped": sum(len(c) for c in self._capped.values()),
+            "capped": len(self._caps),
             "heartbeats": len(self.heartbeats),
         }
 
@@ -1013,4 +976,4 @@ class _Subscribed:
 
     def __contains__(self, topic: object) -> bool:
         channel = self._channel
-        return topic in channel._topics or topic in channel._recovering or topic in channel._capped
+        return topic in channel._topics or topic in channel._recovering or topic in channel._caps
