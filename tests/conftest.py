@@ -186,6 +186,18 @@ async def gw(start_gateway: StartGateway) -> RunningGateway:
     return await start_gateway()
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def gw_on_each_broker(
+    request: pytest.FixtureRequest, start_gateway: StartGateway
+) -> RunningGateway:
+    """A gateway with default settings, once on the memory broker, once on a redis-server."""
+    settings = Settings()
+    if request.param == "redis":
+        redis: Any = request.getfixturevalue("redis_server")
+        settings = replace(settings, broker=redis.url)
+    return await start_gateway(settings)
+
+
 async def recv_json(ws: websockets.ClientConnection, timeout: float = 5.0) -> Any:
     """The next frame from the server, parsed."""
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))

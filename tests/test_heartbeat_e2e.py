@@ -7,25 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import websockets
 
-from wsgateway import Settings
 from wsgateway.protocol import HEARTBEAT_RULE
 
-from .conftest import RunningGateway, StartGateway, recv_json, request
+from .conftest import RunningGateway, recv_json, request
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest, start_gateway: StartGateway) -> RunningGateway:
-    settings = Settings()
-    if request.param == "redis":
-        redis: Any = request.getfixturevalue("redis_server")
-        settings = replace(settings, broker=redis.url)
-    return await start_gateway(settings)
+@pytest.fixture
+def gw(gw_on_each_broker: RunningGateway) -> RunningGateway:
+    return gw_on_each_broker  # memory and redis (conftest)
 
 
 async def test_heartbeats_report_the_position_of_the_updates_sent(gw: RunningGateway) -> None:

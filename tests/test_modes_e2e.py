@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import pytest
 import websockets
 
-from wsgateway import Settings
 from wsgateway.book import Book, read_data
 
-from .conftest import RunningGateway, StartGateway, recv_json, request
+from .conftest import RunningGateway, recv_json, request
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def gw(request: pytest.FixtureRequest, start_gateway: StartGateway) -> RunningGateway:
-    settings = Settings()
-    if request.param == "redis":
-        redis: Any = request.getfixturevalue("redis_server")
-        settings = replace(settings, broker=redis.url)
-    return await start_gateway(settings)
+@pytest.fixture
+def gw(gw_on_each_broker: RunningGateway) -> RunningGateway:
+    return gw_on_each_broker  # memory and redis (conftest)
 
 
 async def post(gw: RunningGateway, body: Any) -> tuple[int, Any]:
