@@ -141,8 +141,19 @@ def strict_node(tmp_path: Path) -> Iterator[GatewayNode]:
         (["subscribe", "ticker", "BTC USD"], "answered the subscribe with invalid_topic: "),
         (["subscribe", "ticker", "A", "B"], "answered the subscribe with too_many_topics: "),
         (["publish", "ticker", "A", "{}"], "answered 401 (Authorization)"),
+        (
+            ["subscribe", "trades", "A", "--max-rate", "5"],
+            'answered the subscribe with bad_message: "max_rate" is for channels in last or book',
+        ),
     ],
-    ids=["unknown-channel", "unauthorized", "invalid-topic", "too-many-topics", "publish-token"],
+    ids=[
+        "unknown-channel",
+        "unauthorized",
+        "invalid-topic",
+        "too-many-topics",
+        "publish-token",
+        "max-rate-on-a-stream",
+    ],
 )
 def test_subscribe_ends_with_the_gateways_words(
     strict_node: GatewayNode, args: list[str], expected: str

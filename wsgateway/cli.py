@@ -151,6 +151,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="ask for a position heartbeat every SECONDS (1-3600): printed, and a position "
         "past the one held repairs the topic",
     )
+    subscribe.add_argument(
+        "--max-rate",
+        type=float,
+        metavar="N",
+        help="at most N updates a second per topic (last and book channels: the gateway "
+        "merges the others into one frame with from_seq)",
+    )
 
     metrics = commands.add_parser("metrics", help="show the gateway's metrics")
     metrics.add_argument("--url", default=DEFAULT_URL, help=URL_HELP)
@@ -234,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     token=args.token,
                     count=args.count,
                     heartbeat=args.heartbeat,
+                    max_rate=args.max_rate,
                 )
             )
             return EXIT_OK

@@ -113,6 +113,7 @@ async def subscribe(
     token: str | None,
     count: int,
     heartbeat: int | None = None,
+    max_rate: float | None = None,
 ) -> None:
     """Subscribe and print until ``count`` updates and snapshots (0: until interrupted);
     raise :class:`CommandFailed` with the gateway's own words when it refuses or closes."""
@@ -124,6 +125,7 @@ async def subscribe(
         reconnect=False,
         position_heartbeat=heartbeat,
         on_frame=print_frame,
+        max_rate=max_rate,
     )
     received = 0
     try:

@@ -96,6 +96,9 @@ class Client:
     reply, close and lost connection raises (a :class:`~.events.ClientStopped`); then
     ``topics`` may be ``["*"]`` (no resume needs their names; holes become gaps).
     ``on_frame``: called with every frame received (parsed), before the client acts on it.
+    ``max_rate``: at most that many update frames a second per topic (last and book
+    channels; the gateway merges the rest, ``from_seq``): for a screen, not for a book that
+    must see every level change as it happens.
 
     ::
 
@@ -121,6 +124,7 @@ class Client:
         position_heartbeat: int | None = None,
         reconnect: bool = True,
         on_frame: FrameObserver | None = None,
+        max_rate: float | None = None,
     ) -> None:
         names = tuple(dict.fromkeys(topics))
         if not names or ("*" in names and reconnect):
@@ -134,6 +138,7 @@ class Client:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._heartbeat = heartbeat
         self._position_heartbeat = position_heartbeat
+        self._max_rate = max_rate
         self._reconnect = reconnect
         self._on_frame = on_frame
         self._last_frame_at = 0.0
@@ -402,6 +407,8 @@ class Client:
             frame["since"] = since
         if heartbeat:
             frame["heartbeat"] = heartbeat
+        if kind == "subscribe" and self._max_rate:
+            frame["max_rate"] = self._max_rate  # every subscribe, repairs too: per topic
         self._requests[self._last_id] = (kind, topics)
         # A connection that is gone: the next receive reports it.
         with contextlib.suppress(aiohttp.ClientError, ConnectionError):
