@@ -12,7 +12,7 @@ import pytest
 
 from wsgateway import protocol
 from wsgateway.book import Book, Delta, delta_data, read_data
-from wsgateway.brokers.base import Position, Update
+from wsgateway.brokers.base import History, Position, Update
 from wsgateway.conflation import Pending, payload
 from wsgateway.errors import BadMessage
 
@@ -291,3 +291,21 @@ async def test_a_reset_sends_what_max_rate_held_back_first() -> None:
     assert h.channel.heartbeat_positions(client.conn) == {"BTC-USD": {"seq": 1, "epoch": "e2"}}
     h.channel.broadcast(Update("ticker", "BTC-USD", 2, EPOCH, 2, "e2"))
     assert h.channel.heartbeat_positions(client.conn) == {}
+
+
+async def test_a_capped_client_joining_mid_feed_gets_its_catch_up_at_its_rate() -> None:
+    h = make_channel("ticker", mode="last")
+    client = h.open()
+    joining = h.channel.subscribe(client.conn, ["BTC-USD"], None, 1)
+    for seq in (1, 2, 3, 4):  # published while the broker is asked: buffered
+        h.channel.broadcast(Update("ticker", "BTC-USD", seq, EPOCH, seq, "e1"))
+    (recovery,) = joining.pending
+    outcome = h.channel.complete(recovery, History(Position("", 0), []))
+    assert outcome is not None and len(outcome.updates) == 4
+    h.channel.catch_up(client.conn, "BTC-USD", outcome)
+    await next_turn()
+    assert [m[1:3] for m in sent(client)] == [(1, None)]  # the rest waits for the interval
+    h.clock.advance(1)
+    release(h, client)
+    await next_turn()
+    assert [m[1:3] for m in sent(client)] == [(1, None), (4, 2)]

@@ -471,6 +471,17 @@ class Channel:
             self._enqueue([conn], frame, update=False, capped=kind != "snapshot")
             _mark(conn, kind)
 
+    def catch_up(self, conn: Connection, topic: str, outcome: Outcome) -> None:
+        """Queue what a client joining ``topic`` gets after the reply: the snapshot, then
+        the missed and buffered updates (through its max_rate, if it has one)."""
+        if outcome.snapshot is not None:
+            self.send_frame(conn, outcome.snapshot, "snapshot")
+        caps = self._caps
+        capped = caps and caps.holds(conn, topic)
+        for update, frame in outcome.updates:
+            if not capped or caps.offer_to(conn, update, frame):
+                self.send_update(conn, frame)
+
     def send_update(self, conn: Connection, frame: bytes) -> None:
         """Queue one replayed update frame for ``conn`` alone.
 
@@ -522,7 +533,8 @@ class Channel:
     def _send_held(self, conn: Connection, pending: Pending) -> None:
         """Queue what a max_rate held back for ``conn`` (ratecap.py)."""
         if not conn.closing:
-            self._enqueue([conn], pending.frame(self.name), merge=pending.update)
+            # (not merged again when it lags: its range starts before pending.update)
+            self._enqueue([conn], pending.frame(self.name))
             self._queued_ts.append(pending.update.ts)
 
     def _snapshot_frame(self, topic: str, snapshot: Snapshot) -> bytes:
@@ -539,6 +551,12 @@ class Channel:
         joined = [conn for conn, recovery in recoveries.items() if recovery.offer(update, frame)]
         for conn in joined:
             self._join(conn, update.topic, recoveries)
+        caps = self._caps
+        if caps and update.topic in caps:  # a joiner with a max_rate gets it through its cap
+            topic = update.topic
+            joined = [
+                c for c in joined if not caps.holds(c, topic) or caps.offer_to(c, update, frame)
+            ]
         return self._enqueue(joined, frame) if joined else 0
 
     def reset_topic(self, topic: str, position: Position) -> int:

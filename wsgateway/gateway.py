@@ -30,6 +30,7 @@ from .metrics import GatewayMetrics, StateCollector, to_json
 from .protocol import RequestId, Subscribe, parse_publish, subscribed
 from .ratelimit import LogThrottle, TokenBucket
 from .release import SocketRelease
+from .resume import Outcome
 from .settings import Settings
 from .siblings import Siblings
 
@@ -164,26 +165,21 @@ class Gateway:
             return
         entries = {topic: _entry(position) for topic, position in joining.known.items()}
         entries.update((topic, _entry(position)) for topic, position in looked_up.items())
-        frames: list[tuple[bytes, bool]] = []  # (frame, is a snapshot)
+        outcomes: list[tuple[str, Outcome]] = []
         metrics = channel.metrics
         for recovery, history in zip(joining.pending, histories, strict=True):
             outcome = channel.complete(recovery, history)
             if outcome is None:
                 continue
             entries[recovery.topic] = outcome.reply_entry()
-            frames.extend(
-                (frame, i == 0 and outcome.snapshot) for i, frame in enumerate(outcome.frames)
-            )
+            outcomes.append((recovery.topic, outcome))
             if outcome.recovered is not None:
                 metrics.resumes["recovered" if outcome.recovered else "not_recovered"].inc()
                 metrics.replayed.inc(outcome.replayed)
         positions = {t: entries[t] for t in joining.topics if t in entries}
         channel.send(conn, subscribed(joining.topics, request.id, positions), "reply")
-        for frame, is_snapshot in frames:
-            if is_snapshot:
-                channel.send_frame(conn, frame, "snapshot")
-            else:
-                channel.send_update(conn, frame)
+        for topic, outcome in outcomes:
+            channel.catch_up(conn, topic, outcome)
         if request.heartbeat is not None:
             # After the reply and its replay: set only by a subscribe that succeeded.
             channel.set_heartbeat(conn, request.heartbeat)

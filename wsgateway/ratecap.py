@@ -118,22 +118,27 @@ class RateCaps:
         if not caps:
             return []
         now = self._clock()
-        due = []
-        for conn, cap in caps.items():
-            if cap.due(now):
-                due.append(conn)
-                continue
-            pending = cap.pending
-            if pending is not None:
-                if pending.merge(update, frame):
-                    self._merged()
-                    continue
-                self.release(conn, cap)  # it does not follow on (a mended gap): sent first
-            cap.pending = Pending(update, frame, self._book)
-            cap.timer = asyncio.get_running_loop().call_later(
-                max(0.0, cap.next_at - now), self.release, conn, cap
-            )
-        return due
+        return [conn for conn, cap in caps.items() if self._offer(conn, cap, update, frame, now)]
+
+    def offer_to(self, conn: Any, update: Update, frame: bytes) -> bool:
+        """:meth:`offer` for one receiver (a replayed or buffered update of a client joining
+        the topic): True when the frame goes to it now."""
+        return self._offer(conn, self._by_topic[update.topic][conn], update, frame, self._clock())
+
+    def _offer(self, conn: Any, cap: Cap, update: Update, frame: bytes, now: float) -> bool:
+        if cap.due(now):
+            return True
+        pending = cap.pending
+        if pending is not None:
+            if pending.merge(update, frame):
+                self._merged()
+                return False
+            self.release(conn, cap)  # it does not follow on (a mended gap): sent first
+        cap.pending = Pending(update, frame, self._book)
+        cap.timer = asyncio.get_running_loop().call_later(
+            max(0.0, cap.next_at - now), self.release, conn, cap
+        )
+        return False
 
     def release(self, conn: Any, cap: Cap) -> None:
         """Send what ``cap`` held back (its interval is over, or it must go out now)."""

@@ -43,12 +43,20 @@ class Outcome:
     top: Position
     #: True or False for a subscribe with ``since``; None without
     recovered: bool | None
-    #: the frames to send after the reply, in order: missed updates, then buffered ones
-    frames: list[bytes]
-    #: updates of ``frames`` that came from the broker's history
+    #: the updates to send after the reply (and the snapshot), in order, with their frames:
+    #: missed ones, then buffered ones
+    updates: list[tuple[Update, bytes]]
+    #: updates of ``updates`` that came from the broker's history
     replayed: int
-    #: True when ``frames`` start with a snapshot of the topic at ``position``
-    snapshot: bool = False
+    #: the snapshot frame of the topic at ``position``, sent first, if any
+    snapshot: bytes | None = None
+
+    @property
+    def frames(self) -> list[bytes]:
+        """Every frame to send after the reply, in order."""
+        frames = [] if self.snapshot is None else [self.snapshot]
+        frames.extend(frame for _, frame in self.updates)
+        return frames
 
     def reply_entry(self) -> dict[str, Any]:
         """This topic's entry in the ``subscribed`` reply's ``positions``."""
@@ -104,11 +112,11 @@ class Recovery:
         position, and the buffered ones past it follow."""
         since = self.since
         position = history.position
-        frames: list[bytes] = []
+        frames: list[tuple[Update, bytes]] = []
         recovered: bool | None = None
         replayed = 0
         snapshot = history.snapshot
-        sent_snapshot = False
+        snapshot_frame: bytes | None = None
         if self._forced is not None:
             # (a snapshot read before is of a past the topic restarted from: not sent)
             position = self._forced
@@ -116,14 +124,13 @@ class Recovery:
         elif snapshot is not None and snapshot_of is not None and history.updates is None:
             position = snapshot.position
             recovered = False if since is not None else None
-            frames.append(snapshot_of(snapshot))
-            sent_snapshot = True
+            snapshot_frame = snapshot_of(snapshot)
         elif since is not None:
             recovered = history.updates is not None
             if history.updates is not None:
                 for update in history.updates:
                     if update.seq > since.seq:
-                        frames.append(frame_of(update))
+                        frames.append((update, frame_of(update)))
                         replayed += 1
         top = position
         for update, frame in self._buffer:
@@ -132,9 +139,9 @@ class Recovery:
             if (update.epoch == top.epoch and update.seq == top.seq + 1) or (
                 top.epoch == "" and top.seq == 0 and update.seq == 1
             ):
-                frames.append(frame)
+                frames.append((update, frame))
                 top = Position(update.epoch, update.seq)
         self._buffer.clear()
         self.step = Step.CATCHING_UP
         self.top = top
-        return Outcome(position, top, recovered, frames, replayed, sent_snapshot)
+        return Outcome(position, top, recovered, frames, replayed, snapshot_frame)
