@@ -460,6 +460,8 @@ async def replay(args: argparse.Namespace) -> tuple[int, dict[str, Any]]:
             return await drive(args, feed, gw, result)
         finally:
             gw.stop()
+            if args.gateway_log is not None:
+                args.gateway_log.write_text("".join(gw.lines))
 
 
 async def drive(
@@ -622,6 +624,7 @@ def main() -> None:
     )
     parser.add_argument("--settle", type=float, default=120.0, help="seconds to wait at the end")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--gateway-log", type=Path, help="write the gateway's output here")
     args = parser.parse_args()
     try:
         import uvloop

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ import pytest
 import websockets
 
 from wsgateway.book import Book, read_data
+from wsgateway.transports import CONFLATING_SEND_BUFFER
 
 from .conftest import RunningGateway, recv_json, request
 
@@ -169,3 +171,23 @@ async def test_a_resume_that_cannot_be_recovered_gets_a_snapshot(gw: RunningGate
         snapshot = await recv_json(ws)
         assert (snapshot["type"], snapshot["seq"], snapshot["data"]) == ("snapshot", 1, {"px": 1})
     await asyncio.sleep(0)
+
+
+async def test_a_conflating_channel_keeps_the_kernels_send_buffer_small(
+    gw: RunningGateway,
+) -> None:
+    # Bytes in the kernel cannot be merged: on last and book channels its buffer is capped
+    # (Linux reports twice what was set); a stream channel keeps the kernel's autotuning.
+    async with (
+        websockets.connect(gw.ws_url("ticker")) as ticker,
+        websockets.connect(gw.ws_url("trades")) as trades,
+    ):
+        for ws in (ticker, trades):
+            assert (await request(ws, {"type": "ping", "id": 1}))["type"] == "pong"
+        sizes = {}
+        for name in ("ticker", "trades"):
+            (conn,) = gw.gateway.channels[name].connections
+            sock = conn.transport.get_extra_info("socket")
+            sizes[name] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert sizes["ticker"] <= 2 * CONFLATING_SEND_BUFFER
+        assert sizes["trades"] != sizes["ticker"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
+import contextlib
+import socket
 
 # Neither class is in the type stubs (asyncio's is private; uvloop's is compiled).
 PLAIN_TCP: tuple[type, ...] = (asyncio.selector_events._SelectorSocketTransport,)  # type: ignore[attr-defined]
@@ -29,3 +31,21 @@ def direct_fd(transport: asyncio.BaseTransport) -> int:
         return -1
     sock = transport.get_extra_info("socket")
     return sock.fileno() if sock is not None else -1
+
+
+#: The kernel send buffer of a client on a last or book channel (Linux doubles it for its
+#: bookkeeping). Bytes the kernel holds are past conflation's reach: with the default
+#: autotuning (up to 4 MB on loopback) a slow reader of a conflating channel had seconds of
+#: stale frames queued there, and missed its heartbeat pong behind them (the replay harness,
+#: benchmarks/README.md). 128 KiB still fills a 10 Mbit/s, 100 ms path.
+CONFLATING_SEND_BUFFER = 131_072
+
+
+def limit_send_buffer(transport: asyncio.BaseTransport, size: int) -> None:
+    """Cap the kernel's send buffer of ``transport``'s socket at ``size`` bytes (no
+    autotuning past it); nothing happens on a transport without a socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(sock, "setsockopt"):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)

@@ -36,7 +36,7 @@ from .gateway import Gateway
 from .logtext import ThrottledLog
 from .release import SocketRelease, bound_unacked_time
 from .scrape import choose_encoder
-from .transports import direct_fd
+from .transports import CONFLATING_SEND_BUFFER, direct_fd, limit_send_buffer
 
 log = logging.getLogger("wsgateway.web")
 
@@ -126,6 +126,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # A client whose window stays shut this long has missed a heartbeat pong and its close
     # timeout already: the kernel may drop it, even after the process let go of the socket.
     bound_unacked_time(transport, channel.limits.heartbeat * 1.5 + gateway.settings.close_timeout)
+    if channel.conflates:
+        # What the kernel holds cannot be merged: keep most of a lagging client's queue here.
+        limit_send_buffer(transport, CONFLATING_SEND_BUFFER)
 
     closer = _Closer(ws, transport, request.app[CLOSING], gateway.sockets)
     user = identity.user if identity else None
