@@ -78,12 +78,12 @@ FLAKY_LONG_CHANCE = 0.3
 LATE_AT = 0.4
 #: the server metrics reported beside the clients' own counts
 SERVER_METRICS = (
-    "wsgateway_snapshots_sent_total",
     "wsgateway_conflated_updates_total",
     "wsgateway_checksum_frames_total",
     "wsgateway_resumes_total",
     "wsgateway_slow_consumers_total",
     "wsgateway_frames_sent_total",
+    "wsgateway_disconnects_total",
 )
 
 
@@ -224,8 +224,8 @@ async def probe(http: aiohttp.ClientSession, gw: GatewayProcess) -> Capabilities
 
 
 async def server_metrics(http: aiohttp.ClientSession, gw: GatewayProcess) -> dict[str, Any]:
-    """The replay's channels' figures from /metrics, summed over labels but ``outcome`` and
-    ``kind``."""
+    """The replay's channels' figures from /metrics, summed over labels but ``outcome``,
+    ``kind`` and ``reason`` (each by channel for disconnects)."""
     async with http.get(gw.http + "/metrics") as response:
         text = await response.text()
     figures: dict[str, Any] = {}
@@ -235,6 +235,10 @@ async def server_metrics(http: aiohttp.ClientSession, gw: GatewayProcess) -> dic
             if name not in SERVER_METRICS or sample.labels.get("channel") not in CHANNELS:
                 continue
             detail = sample.labels.get("outcome") or sample.labels.get("kind")
+            if name == "wsgateway_disconnects_total":
+                if not sample.value or sample.labels["reason"] == "client_closed":
+                    continue
+                detail = f"{sample.labels['channel']} {sample.labels['reason']}"
             key = f"{name}{{{detail}}}" if detail else name
             figures[key] = figures.get(key, 0) + int(sample.value)
     return figures

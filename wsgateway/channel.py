@@ -43,6 +43,12 @@ REJECTION_LOG_INTERVAL = 10.0
 #: Bytes a transport may still hold before a client gets no new write until it drains.
 HOLD_BYTES = 65_536
 HOLD_RETRY_SECONDS = 0.005
+#: Bytes queued for a last or book client past which its waiting updates are merged: as much
+#: as a transport may hold before the client gets no new write, i.e. its kernel is not
+#: keeping up. Not more: every byte queued is a frame the client reads before a newer value,
+#: and before the WebSocket ping it must answer in time (half of max_outbox_bytes, tried
+#: first, left a slow reader seconds of stale ticks, and it missed its pong behind them).
+CONFLATE_BYTES = HOLD_BYTES
 
 
 @dataclass(slots=True)
@@ -86,7 +92,9 @@ class Channel:
         self._checksums = self._book and limits.checksum
         #: the soft bound: queued bytes past which a last or book client is conflated
         self.soft_bytes = (
-            limits.max_outbox_bytes // 2 if self.conflates else limits.max_outbox_bytes
+            min(CONFLATE_BYTES, limits.max_outbox_bytes // 2)
+            if self.conflates
+            else limits.max_outbox_bytes
         )
         self.draining = False
         self._clock = clock
