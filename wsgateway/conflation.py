@@ -3,9 +3,10 @@
 On ``last`` and ``book`` channels a client that falls behind does not need every
 intermediate value, only a correct current one: while its queued bytes are past the soft
 bound (64 KiB, channel.CONFLATE_BYTES, or half of ``max_outbox_bytes`` if less), the updates
-of a topic that are still waiting in its outbox are merged into one :class:`Pending` entry, which becomes one ``update`` frame with
-``from_seq`` when the outbox is written (protocol.md, "Conflation"). A ``max_rate``
-subscription is served the same way (ratecap.py). ``stream`` channels never conflate.
+of a topic that are still waiting in its outbox are merged into one :class:`Pending` entry,
+which becomes one ``update`` frame with ``from_seq`` when the outbox is written (protocol.md,
+"Conflation"). A ``max_rate`` subscription is served the same way (ratecap.py). ``stream``
+channels never conflate.
 
 A ``last`` entry keeps the newest update. A ``book`` entry keeps each price level's newest
 quantity ("0": removed), and, once a merged update replaced the whole book (``"snapshot":
