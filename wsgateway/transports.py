@@ -33,19 +33,22 @@ def direct_fd(transport: asyncio.BaseTransport) -> int:
     return sock.fileno() if sock is not None else -1
 
 
-#: The kernel send buffer of a client on a last or book channel (Linux doubles it for its
-#: bookkeeping). Bytes the kernel holds are past conflation's reach: with the default
-#: autotuning (up to 4 MB on loopback) a slow reader of a conflating channel had seconds of
-#: stale frames queued there, and missed its heartbeat pong behind them (the replay harness,
-#: benchmarks/README.md). 128 KiB still fills a 10 Mbit/s, 100 ms path.
-CONFLATING_SEND_BUFFER = 131_072
+#: Bytes the kernel may hold unsent for a client of a last or book channel. What the kernel
+#: holds is past conflation's reach: with the default (the whole send buffer, autotuned up
+#: to 4 MB on loopback) a slow reader of a conflating channel had seconds of stale frames
+#: queued there, and missed its heartbeat pong behind them (the replay harness,
+#: benchmarks/README.md). Bytes in flight are not counted (TCP_NOTSENT_LOWAT), so a fast
+#: client on a long path keeps its throughput.
+CONFLATING_UNSENT_BYTES = 16_384
 
 
-def limit_send_buffer(transport: asyncio.BaseTransport, size: int) -> None:
-    """Cap the kernel's send buffer of ``transport``'s socket at ``size`` bytes (no
-    autotuning past it); nothing happens on a transport without a socket."""
+def limit_unsent(transport: asyncio.BaseTransport, size: int) -> None:
+    """Have the kernel take at most ``size`` unsent bytes for ``transport``'s socket
+    (Linux and macOS ``TCP_NOTSENT_LOWAT``); the rest waits in our queue, where it can be
+    merged. Nothing happens elsewhere, or on a transport without a socket."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
     sock = transport.get_extra_info("socket")
-    if sock is None or not hasattr(sock, "setsockopt"):
+    if option is None or sock is None or not hasattr(sock, "setsockopt"):
         return
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        sock.setsockopt(socket.IPPROTO_TCP, option, size)

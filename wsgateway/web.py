@@ -36,7 +36,7 @@ from .gateway import Gateway
 from .logtext import ThrottledLog
 from .release import SocketRelease, bound_unacked_time
 from .scrape import choose_encoder
-from .transports import CONFLATING_SEND_BUFFER, direct_fd, limit_send_buffer
+from .transports import CONFLATING_UNSENT_BYTES, direct_fd, limit_unsent
 
 log = logging.getLogger("wsgateway.web")
 
@@ -128,7 +128,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     bound_unacked_time(transport, channel.limits.heartbeat * 1.5 + gateway.settings.close_timeout)
     if channel.conflates:
         # What the kernel holds cannot be merged: keep most of a lagging client's queue here.
-        limit_send_buffer(transport, CONFLATING_SEND_BUFFER)
+        limit_unsent(transport, CONFLATING_UNSENT_BYTES)
 
     closer = _Closer(ws, transport, request.app[CLOSING], gateway.sockets)
     user = identity.user if identity else None
