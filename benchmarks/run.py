@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,11 @@ GATEWAY_ENV = {
     "WSGATEWAY_MAX_CONNECTIONS": "1000000",
     "WSGATEWAY_LOG_LEVEL": "WARNING",  # no access log line per publish: the peers log none
 }
+#: The channel every client subscribes on (/ws/ticker) and its modes (issue 9): since
+#: issue 9 its default is `last`, so the suite sets the mode it measures, `stream` unless
+#: --mode says otherwise (the fan-out of issue 3).
+BENCH_CHANNEL = "ticker"
+MODES = ("stream", "last", "book")
 #: Other work on the machine (cores) above which --quiet-wait holds a measurement back.
 QUIET_CORES = 0.25
 MAX_OUTBOX_BYTES = 1_048_576  # wsgateway's default; the slow-consumer RSS bound is per client
@@ -78,6 +83,11 @@ class Server:
     separate_publish: bool = False  # serves POST /api/publish on a port of its own
     env: tuple[tuple[str, str], ...] = ()
     redis: bool = False  # runs with broker = the suite's redis-server (--broker redis)
+
+    @property
+    def is_gateway(self) -> bool:
+        """wsgateway itself (any broker or workers), not a peer: takes --mode and --set."""
+        return self.argv[:2] == ("-m", "wsgateway")
 
 
 SERVERS = {
@@ -340,7 +350,7 @@ class Running:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws/ticker"
+        return f"ws://127.0.0.1:{self.port}/ws/{BENCH_CHANNEL}"
 
     @property
     def publish_url(self) -> str:
@@ -526,6 +536,7 @@ class Suite:
     share: bool = False  # reuse one server process for the cases that allow it
     quiet_wait: float = 0.0  # seconds to wait for other processes to go quiet
     redis: RedisProcess | None = None  # the redis-server of the servers on Redis
+    gateway_args: tuple[str, ...] = ()  # appended to wsgateway's `serve` (--mode, --set)
     results: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
     def record(self, case: Case, server: str, result: dict[str, Any]) -> None:
@@ -538,6 +549,8 @@ class Suite:
         for run in range(1, self.runs + 1):
             for name in self.servers:
                 server = SERVERS[name]
+                if server.is_gateway:
+                    server = replace(server, argv=server.argv + self.gateway_args)
                 # A fresh server process for each case: one left busy with a bigger heap by
                 # the case before measured about half the handshake rate. --quick shares one
                 # process between the cases that read no RSS, to stay within seconds.
@@ -963,6 +976,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=1,
         help=f"2: also run `serve --workers 2` on Redis ({WORKERS_GATEWAY}); needs --broker redis",
     )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="stream",
+        help="wsgateway's mode for the bench channel (ticker), as `--set "
+        "channel.ticker.mode=MODE` (issue 9); the peers ignore it. book: the generator "
+        "publishes book deltas (--payload book), to every server (the peers relay them as "
+        "any JSON)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="gateway_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to wsgateway's `serve --set` (not the peers'), e.g. "
+        "channel.ticker.checksum=false; repeatable",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every client count")
     parser.add_argument("--duration", type=float, help="seconds measured per case")
     parser.add_argument("--warmup", type=float, help="seconds before measuring")
@@ -1017,7 +1048,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, why in skipped.items():
         say(f"!! skipping {name}: {why}")
     raise_file_limit()
-    suite = Suite(plan(sizes, scenarios, servers), servers, runs, args.quick, args.quiet_wait)
+    cases = plan(sizes, scenarios, servers)
+    if args.mode == "book":  # a book channel refuses any data but a book message
+        cases = [replace(c, args=(*c.args, "--payload", "book")) for c in cases]
+    suite = Suite(cases, servers, runs, args.quick, args.quiet_wait)
+    sets = [f"channel.{BENCH_CHANNEL}.mode={args.mode}", *args.gateway_set]
+    suite.gateway_args = tuple(arg for key in sets for arg in ("--set", key))
     started = time.monotonic()
     meta = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -1025,6 +1061,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "runs": runs,
         "quick": args.quick,
+        "mode": args.mode,
+        "gateway_set": args.gateway_set,
         "sizes": sizes.__dict__,
         "skipped_servers": skipped,
         "pinning": dict(zip(("server_core", "generator_core"), cores(), strict=True)),
@@ -1048,7 +1086,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = (
         f"## wsgateway fan-out benchmarks, {meta['date']}\n\n"
         f"{meta['machine']['cpu']}, {meta['machine']['cores']} cores; Python "
-        f"{meta['machine']['python']}; medians of {runs} run(s); `{meta['command']}` "
+        f"{meta['machine']['python']}; medians of {runs} run(s); wsgateway's "
+        f"{BENCH_CHANNEL} in mode {args.mode}; `{meta['command']}` "
         f"took {meta['seconds']:.0f} s. Ratios above 1 favour wsgateway.\n\n"
         + tables(suite, medians)
         + goals(suite, medians)

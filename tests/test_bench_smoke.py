@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import RunningGateway
+from .conftest import RunningGateway, StartGateway
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +58,52 @@ async def test_wsgateway_bench_drives_a_running_gateway(gw: RunningGateway) -> N
     result = json.loads(out.decode().strip().splitlines()[-1])
     assert result["connected"] == 20 and result["delivered"] > 0
     assert result["publish_errors"] == 0 and result["lost_connections"] == 0
+
+
+@pytest.mark.timeout(60)
+async def test_wsgateway_bench_publishes_book_messages_to_a_book_channel(
+    start_gateway: StartGateway,
+) -> None:
+    """`--payload book` (issue 9): a book channel accepts every message (it refuses anything
+    else with 400) and the clients read the latency stamp back from the book frames."""
+    gw = await start_gateway(mode="book")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "wsgateway", "bench",
+        "--url", gw.ws_url("ticker"), "--clients", "20", "--scenario", "burst",
+        "--payload", "book", "--batch", "5", "--warmup", "0.2", "--duration", "0.5", "--quiet",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 50)
+    assert process.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["payload"] == "book" and result["delivered"] > 0
+    assert result["publish_errors"] == 0 and result["lost_connections"] == 0
+    assert result["latency_ms"]["samples"] > 0 and result["unparsed_samples"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_quick_run_in_book_mode(tmp_path: Path) -> None:
+    """`run.py --mode book` sets wsgateway's ticker to book and publishes book messages."""
+    results = tmp_path / "quick-book.json"
+    run = subprocess.run(
+        [
+            sys.executable, "benchmarks/run.py", "--quick", "--servers", "wsgateway",
+            "--scenarios", "burst,paced", "--mode", "book", "--json", str(results),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    assert "wsgateway's ticker in mode book" in run.stdout
+    document = json.loads(results.read_text())
+    assert document["meta"]["mode"] == "book"
+    for case, by_server in document["medians"].items():
+        figures = by_server["wsgateway"]
+        assert figures["delivered"] > 0 and figures["publish_errors"] == 0, case
+        assert figures["latency_ms.samples"] > 0, case
 
 
 @pytest.mark.timeout(200)

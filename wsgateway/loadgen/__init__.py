@@ -9,7 +9,9 @@ against wsgateway and its peers; any server speaking the bench protocol works:
   containing ``"subscribed"``;
 - a publisher POSTs ``{"messages":[{"channel","topic","data":{"t":<time.time()>,"pad":..}}]}``
   and every subscriber of the topic gets one text frame per message containing
-  ``"type":"update"`` and the ``data`` object as it was published.
+  ``"type":"update"`` and the ``data`` object as it was published. ``--payload book``
+  publishes book deltas instead, for a channel in mode ``book`` (issue 9), the stamp as the
+  ask's quantity (``payload.py``).
 
 The generator must never be the bottleneck, so a client is a bare ``asyncio.Protocol``
 (its own upgrade handshake, masked client frames) that does not parse frames at all: it

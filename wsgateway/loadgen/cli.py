@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from . import __doc__ as overview
-from .config import SCENARIOS, Config
+from .config import PAYLOADS, SCENARIOS, Config
 from .scenario import run
 
 
@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=20, help="burst: messages per POST")
     p.add_argument("--inflight", type=int, default=4, help="burst: undelivered batches at most")
     p.add_argument("--pad", type=int, default=60, help="padding bytes in each message's data")
+    p.add_argument(
+        "--payload",
+        choices=PAYLOADS,
+        default="json",
+        help='json: {"t": stamp, "pad": ...}; book: a one-level-per-side book delta for a '
+        "channel in mode book, the stamp as the ask's quantity (--pad unused)",
+    )
     p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     p.add_argument("--slow-fraction", type=float, default=0.0, help="share of clients not reading")

@@ -13,6 +13,8 @@ import time
 from array import array
 from typing import cast
 
+from .payload import book_stamp
+
 #: Counted once per delivered update; the peers' JSON may put a space after the colon, so
 #: the marker is the value alone. Topics and data are ours and never contain it.
 UPDATE = b'"update"'
@@ -26,6 +28,7 @@ class Stats:
     """Counters shared by all clients; kept flat because data_received touches them."""
 
     __slots__ = (
+        "book",
         "close_codes",
         "delivered",
         "lost",
@@ -36,7 +39,8 @@ class Stats:
         "waiter",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, book: bool = False) -> None:
+        self.book = book  # the data are book deltas: the stamp is the ask's quantity
         self.delivered = 0
         self.sampling = False
         self.samples = array("d")  # publish-to-receive latency, seconds
@@ -118,21 +122,32 @@ class Client(asyncio.Protocol):
         self.tail = data[-TAIL:] if data.endswith(PREFIXES) else b""
         stats.delivered += count
         if stats.sampling and self.sampler:
-            start = data.find(T_FIELD)
-            if start >= 0:
-                end = data.find(b",", start, start + 40)
-                if end < 0:
-                    end = data.find(b"}", start, start + 40)
-                if end > 0:
-                    try:
-                        stats.samples.append(time.time() - float(data[start + 4 : end]))
-                    except ValueError:  # not our stamp (try is cheaper than suppress here)
-                        stats.unparsed += 1
+            if stats.book:
+                self._sample_book(data)
+            else:  # inline: the common case, on the generator's hot path
+                start = data.find(T_FIELD)
+                if start >= 0:
+                    end = data.find(b",", start, start + 40)
+                    if end < 0:
+                        end = data.find(b"}", start, start + 40)
+                    if end > 0:
+                        try:
+                            stats.samples.append(time.time() - float(data[start + 4 : end]))
+                        except ValueError:  # not our stamp (try is cheaper than suppress)
+                            stats.unparsed += 1
         if b"\x89" in data or b"\x88" in data:
             self._control(data)
         waiter = stats.waiter
         if waiter is not None and stats.delivered >= stats.target and not waiter.done():
             waiter.set_result(None)
+
+    def _sample_book(self, data: bytes) -> None:
+        stamp = book_stamp(data)
+        if stamp is not None:
+            try:
+                self.stats.samples.append(time.time() - float(stamp))
+            except ValueError:
+                self.stats.unparsed += 1
 
     def _control(self, data: bytes) -> None:
         # Updates are ASCII JSON, so 0x89/0x88 come from frame headers: a ping or a close,

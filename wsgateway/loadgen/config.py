@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCENARIOS = ("burst", "paced", "idle", "storm")
+#: What each published message's data is: a stamped JSON object, or a book message (a
+#: channel in mode ``book`` refuses anything else).
+PAYLOADS = ("json", "book")
 
 
 @dataclass
@@ -20,6 +23,7 @@ class Config:
     batch: int = 20
     inflight: int = 4
     pad: int = 60
+    payload: str = "json"
     warmup: float = 2.0
     duration: float = 5.0
     slow_fraction: float = 0.0

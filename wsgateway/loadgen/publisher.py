@@ -12,6 +12,7 @@ import orjson
 from .client import Stats
 from .config import Config
 from .fleet import topic_names
+from .payload import book_data, json_data
 
 #: Burst: seconds to wait for a batch's deliveries before writing them off as lost.
 STALL_TIMEOUT = 2.0
@@ -30,6 +31,8 @@ class Publisher:
         # popularity shows in how many clients hold it.
         self.topics = itertools.cycle(sorted(fanout) or topic_names(cfg.topics))
         self.pad = "x" * cfg.pad
+        self.book = cfg.payload == "book"
+        self.books = 0  # book deltas built so far: the next one's level
         self.messages = 0  # messages posted while measuring
         self.counting = False
         self.errors = 0
@@ -38,10 +41,18 @@ class Publisher:
 
     def body(self, count: int) -> tuple[bytes, int]:
         """A publish body of ``count`` messages stamped now, and its expected deliveries."""
-        stamp = {"t": time.time(), "pad": self.pad}
+        stamp = time.time()
         channel = self.cfg.channel
         topics = [next(self.topics) for _ in range(count)]
-        messages = [{"channel": channel, "topic": topic, "data": stamp} for topic in topics]
+        if self.book:
+            first, self.books = self.books, self.books + count
+            datas = [book_data(first + i, stamp) for i in range(count)]
+        else:
+            datas = [json_data(stamp, self.pad)] * count
+        messages = [
+            {"channel": channel, "topic": topic, "data": data}
+            for topic, data in zip(topics, datas, strict=True)
+        ]
         return orjson.dumps({"messages": messages}), sum(self.fanout.get(t, 0) for t in topics)
 
     async def post(self, body: bytes, count: int) -> None:

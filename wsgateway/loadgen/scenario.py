@@ -23,7 +23,7 @@ async def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
     """Run one scenario and return its result."""
     probe = ProcessProbe(cfg.server_pid, cfg.also_pids) if cfg.server_pid else None
     redis = RedisProbe(cfg.redis_port) if cfg.redis_port else None
-    stats = Stats()
+    stats = Stats(book=cfg.payload == "book")
     result: dict[str, Any] = {
         "scenario": cfg.scenario,
         "url": cfg.url,
@@ -31,6 +31,7 @@ async def run(cfg: Config, log: Callable[[str], None]) -> dict[str, Any]:
         "slow_clients": round(cfg.clients * cfg.slow_fraction),
         "topics": cfg.topics,
         "subs_per_client": cfg.subs_per_client,
+        "payload": cfg.payload,
     }
     if cfg.scenario in ("idle", "storm"):
         result.update(await run_connections(cfg, stats, probe, log))
