@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,19 +20,24 @@ SCENARIOS = {"burst", "paced", "mix", "storm", "idle", "slow"}
 SERVERS = {"wsgateway", "naive_aiohttp", "websockets", "picows"}
 
 
-@pytest.mark.timeout(400)
-def test_quick_run_measures_every_scenario_for_every_server(tmp_path: Path) -> None:
-    results = tmp_path / "quick.json"
+def quick_run(results: Path, *args: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    """``benchmarks/run.py --quick ARGS``: its report, and its results file, once it
+    exited 0."""
     run = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--quick", "--json", str(results)],
+        [sys.executable, "benchmarks/run.py", "--quick", *args, "--json", str(results)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=380,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "### Goals (issue 3)" in run.stdout
-    document = json.loads(results.read_text())
+    return run.stdout, json.loads(results.read_text())
+
+
+@pytest.mark.timeout(400)
+def test_quick_run_measures_every_scenario_for_every_server(tmp_path: Path) -> None:
+    report, document = quick_run(tmp_path / "quick.json", timeout=380)
+    assert "### Goals (issue 3)" in report
     assert {case["scenario"] for case in document["cases"]} == SCENARIOS
     assert document["meta"]["skipped_servers"] == {}
     for case, by_server in document["medians"].items():
@@ -85,20 +91,12 @@ async def test_wsgateway_bench_publishes_book_messages_to_a_book_channel(
 @pytest.mark.timeout(120)
 def test_quick_run_in_book_mode(tmp_path: Path) -> None:
     """`run.py --mode book` sets wsgateway's ticker to book and publishes book messages."""
-    results = tmp_path / "quick-book.json"
-    run = subprocess.run(
-        [
-            sys.executable, "benchmarks/run.py", "--quick", "--servers", "wsgateway",
-            "--scenarios", "burst,paced", "--mode", "book", "--json", str(results),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    report, document = quick_run(
+        tmp_path / "quick-book.json",
+        *("--servers", "wsgateway", "--scenarios", "burst,paced", "--mode", "book"),
         timeout=100,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "wsgateway's ticker in mode book" in run.stdout
-    document = json.loads(results.read_text())
+    )
+    assert "wsgateway's ticker in mode book" in report
     assert document["meta"]["mode"] == "book"
     for case, by_server in document["medians"].items():
         figures = by_server["wsgateway"]
@@ -109,21 +107,13 @@ def test_quick_run_in_book_mode(tmp_path: Path) -> None:
 @pytest.mark.timeout(200)
 def test_quick_run_on_redis_sets_wsgateway_on_redis_beside_memory(tmp_path: Path) -> None:
     """`--broker redis --workers 2` starts its own redis-server and reports Redis's work."""
-    results = tmp_path / "quick-redis.json"
-    run = subprocess.run(
-        [
-            sys.executable, "benchmarks/run.py", "--quick", "--broker", "redis",
-            "--workers", "2", "--servers", "wsgateway", "--scenarios", "burst,redis_work",
-            "--json", str(results),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    report, document = quick_run(
+        tmp_path / "quick-redis.json",
+        *("--broker", "redis", "--workers", "2", "--servers", "wsgateway"),
+        *("--scenarios", "burst,redis_work"),
         timeout=180,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    assert "### Goals (issue 8)" in run.stdout
-    document = json.loads(results.read_text())
+    )
+    assert "### Goals (issue 8)" in report
     assert document["meta"]["skipped_servers"] == {}
     medians = document["medians"]
     burst = next(v for k, v in medians.items() if k.startswith("burst"))
