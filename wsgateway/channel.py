@@ -424,6 +424,7 @@ class Channel:
         self._stop_receiving(conn, topic)
         if conn.caps is not None and not conn.all_topics:
             conn.caps.pop(topic, None)
+            conn.caps = conn.caps or None  # no dict kept for a connection without caps
 
     # -- heartbeats ---------------------------------------------------------------------------
 
