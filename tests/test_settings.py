@@ -1202,3 +1202,57 @@ def test_repr_shows_every_setting_with_secrets_masked() -> None:
         "drain_seconds=10.0, workers=1)"
     )
     assert PUBLISH_TOKEN not in shown and JWT_SECRET not in shown
+
+
+# -- topic modes (issue 9) --------------------------------------------------------------------
+
+
+def test_modes_default_by_channel_name_and_can_be_set_per_channel(tmp_path: Path) -> None:
+    settings = load_settings(
+        config_file=write_toml(
+            tmp_path, '[defaults]\nmax_book_levels = 20\n[channel.ticker]\nmode = "stream"\n'
+        ),
+        env={"WSGATEWAY_CHECKSUM": "false", "WSGATEWAY_POSITION_HEARTBEAT": "5"},
+    )
+    modes = {name: settings.limits_for(name).mode_for(name) for name in settings.channels}
+    assert modes == {
+        "market": "last",
+        "ticker": "stream",
+        "orderbook": "book",
+        "trades": "stream",
+        "user": "stream",
+    }
+    orderbook = settings.limits_for("orderbook")
+    assert (orderbook.max_book_levels, orderbook.checksum, orderbook.position_heartbeat) == (
+        20,
+        False,
+        5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "setting", "value", "allowed"),
+    [
+        ({"WSGATEWAY_MODE": "fast"}, "mode", "fast", "allowed: auto, stream, last, book"),
+        ({"WSGATEWAY_CHECKSUM": "maybe"}, "checksum", "maybe", "expected true or false"),
+        ({"WSGATEWAY_MAX_BOOK_LEVELS": "9"}, "max_book_levels", "9", "from 10 to"),
+        ({"WSGATEWAY_POSITION_HEARTBEAT": "3601"}, "position_heartbeat", "3601", "0 to 3600"),
+    ],
+)
+def test_bad_mode_settings_name_the_setting(
+    env: dict[str, str], setting: str, value: str, allowed: str
+) -> None:
+    error = settings_error(env=env)
+    assert (error.setting, error.value) == (setting, value)
+    assert allowed in error.allowed
+
+
+def test_the_user_channel_is_never_anything_but_a_stream(tmp_path: Path) -> None:
+    error = settings_error(config_file=write_toml(tmp_path, '[defaults]\nmode = "last"\n'))
+    assert (error.setting, error.value) == ("channel.user.mode", "last")
+    assert "never conflated or replaced: only stream" in error.allowed
+    # Without the user channel, a last default is fine.
+    settings = load_settings(
+        config_file=write_toml(tmp_path, 'channels = ["ticker"]\n[defaults]\nmode = "last"\n')
+    )
+    assert settings.limits_for("ticker").mode_for("ticker") == "last"
