@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,3 +59,19 @@ async def in_thread(function: Callable[..., T], *args: Any) -> T:
     """Call one of the driver's blocking methods without blocking the loop (the gateway
     under test may be in this very loop)."""
     return await asyncio.to_thread(function, *args)
+
+
+def module_browser(wait: float) -> Any:
+    """A module-scoped ``browser`` fixture: one headless Chromium for the module (each test
+    loads its own page), scripts timing out after ``wait`` seconds. In the test module:
+    ``browser = module_browser(WAIT)``."""
+
+    @pytest.fixture(scope="module")
+    def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+        driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), wait)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+    return browser

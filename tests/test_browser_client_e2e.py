@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -29,7 +28,7 @@ from wsgateway.book import Book, checksum, parse_delta
 from wsgateway.settings import Settings
 from wsgateway.web import DEMO_CSP
 
-from .chromium import in_thread, start_chromium
+from .chromium import in_thread, module_browser
 from .conftest import StartGateway
 from .processes import GatewayNode, http_json
 from .test_client_e2e import relay_to
@@ -44,14 +43,7 @@ OPEN = ("--set", "connections_per_minute=100000")
 FAST = {"backoff": [0.05, 0.5]}
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """One headless Chromium for the module; each test loads its own page."""
-    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), WAIT)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+browser = module_browser(WAIT)  # one headless Chromium for the module
 
 
 async def run_js(browser: WebDriver, script: str, *args: Any) -> Any:

@@ -16,7 +16,7 @@ import base64
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed
 from wsgateway.brokers.memory import MemoryBroker
 from wsgateway.metrics import histogram_quantile
 
-from .chromium import in_thread, start_chromium
+from .chromium import in_thread, module_browser
 from .conftest import RunningGateway, StartGateway, recv_json, request
 from .processes import GatewayNode
 
@@ -104,14 +104,7 @@ return {
 # -- the browser ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """One headless Chromium for the module; each test loads its own page."""
-    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"), WAIT)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+browser = module_browser(WAIT)  # one headless Chromium for the module
 
 
 async def open_page(browser: WebDriver, url: str) -> None:
