@@ -298,8 +298,8 @@ class GatewayMetrics:
         )
         self.checksums = Counter(
             "wsgateway_checksum_frames_total",
-            "Update and snapshot frames of book topics that carry a checksum, as relayed "
-            "(once per update, not per client)",
+            "Book updates relayed with a checksum (once per update, not per client; "
+            "snapshots are frames_sent{kind=snapshot})",
             ["channel"],
             registry=r,
         )
